@@ -1,0 +1,6 @@
+"""Offline shim: @rules_python//python:py_binary.bzl on Bazel 4."""
+
+load(":private.bzl", "native_kwargs")
+
+def py_binary(**kwargs):
+    native.py_binary(**native_kwargs(kwargs))

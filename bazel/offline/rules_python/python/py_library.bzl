@@ -1,0 +1,6 @@
+"""Offline shim: @rules_python//python:py_library.bzl on Bazel 4."""
+
+load(":private.bzl", "native_kwargs")
+
+def py_library(**kwargs):
+    native.py_library(**native_kwargs(kwargs))

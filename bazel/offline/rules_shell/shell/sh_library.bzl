@@ -1,0 +1,4 @@
+"""Offline shim: @rules_shell//shell:sh_library.bzl on Bazel 4."""
+
+def sh_library(**kwargs):
+    native.sh_library(**kwargs)

