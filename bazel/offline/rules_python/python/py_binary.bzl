@@ -3,4 +3,5 @@
 load(":private.bzl", "native_kwargs")
 
 def py_binary(**kwargs):
+    # buildifier: disable=native-py
     native.py_binary(**native_kwargs(kwargs))

@@ -3,4 +3,5 @@
 load(":private.bzl", "native_kwargs")
 
 def py_library(**kwargs):
+    # buildifier: disable=native-py
     native.py_library(**native_kwargs(kwargs))

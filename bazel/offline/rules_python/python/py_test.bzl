@@ -3,4 +3,5 @@
 load(":private.bzl", "native_kwargs")
 
 def py_test(**kwargs):
+    # buildifier: disable=native-py
     native.py_test(**native_kwargs(kwargs))
