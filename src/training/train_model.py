@@ -1,0 +1,263 @@
+"""Fine-tune a sequence classifier on CPU and report its quality before and after.
+
+    python -m src.training.train_model [--model M] [--data D] [--config FILE] [any TrainingArguments flag]
+
+The recipe, top to bottom: setup (threads, precision, tokenizer, model, data, tokenize once) -> evaluate
+before -> train (Trainer, dynamic padding, length-grouped batches) -> evaluate after -> save -> report.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 3 the --expect_min_accuracy quality gate failed.
+"""
+
+import contextlib
+import logging
+import platform
+import resource
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from torch.utils.data import DataLoader
+from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, Trainer, set_seed
+
+from src.common.cpu import configure_threads
+from src.common.data import (
+    ID2LABEL,
+    LABEL2ID,
+    LABEL_COLUMN,
+    LABEL_NAMES,
+    LENGTH_COLUMN,
+    PaddingCollator,
+    load_data,
+    tokenize,
+)
+from src.common.errors import run_cli
+from src.common.logging_utils import setup_logging
+from src.common.metrics import classification_metrics, format_confusion_matrix
+from src.common.models import load_sequence_classifier, load_tokenizer, resolve_model_source
+from src.common.paths import atomic_dir, atomic_write_json
+from src.training.config import FinetuneConfig, parse_config
+
+logger = logging.getLogger(__name__)
+
+EXIT_QUALITY_GATE = 3
+MODEL_SUBDIR = "model"  # <output_dir>/model: fine-tuned weights + tokenizer, loadable with from_pretrained
+METRICS_FILE = "metrics.json"  # <output_dir>/metrics.json: everything the summary table shows, and more
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]  # accuracy, precision, recall, f1, confusion_matrix (see common.metrics)
+    loss: float  # mean cross-entropy per example
+    seconds: float
+    examples: int
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU when the resolved precision is bf16; a no-op for fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@torch.inference_mode()
+def evaluate(
+    model: PreTrainedModel, dataset: datasets.Dataset, collator: PaddingCollator, batch_size: int, precision: str
+) -> Evaluation:
+    """Classify a tokenized split in length-sorted batches (least padding) and score the predictions."""
+    start = perf_counter()
+    order = np.argsort(np.asarray(dataset[LENGTH_COLUMN]), kind="stable")
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collator)
+    preds = np.empty(len(dataset), dtype=np.int64)
+    total_loss = 0.0
+    model.eval()
+    with autocast(precision):
+        for indices, batch in zip(batches, loader, strict=True):
+            output = model(**batch)
+            preds[indices] = output.logits.argmax(dim=-1).numpy()
+            total_loss += output.loss.float().item() * len(indices)
+    metrics = classification_metrics(preds, np.asarray(dataset[LABEL_COLUMN]), num_labels=len(LABEL_NAMES))
+    return Evaluation(metrics, total_loss / len(dataset), perf_counter() - start, len(dataset))
+
+
+@torch.inference_mode()
+def predict(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, precision: str, max_length: int
+) -> dict[str, Any]:
+    """The predicted label name of one text, with its probability."""
+    model.eval()
+    inputs = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
+    with autocast(precision):
+        logits = model(**inputs).logits
+    probs = logits.float().softmax(dim=-1)[0]
+    label_id = int(probs.argmax())
+    return {"text": text, "label": model.config.id2label[label_id], "probability": float(probs[label_id])}
+
+
+def trainer_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+    """Scalar metrics for the Trainer's per-epoch evaluation logs."""
+    metrics = classification_metrics(eval_pred.predictions.argmax(axis=-1), eval_pred.label_ids, len(LABEL_NAMES))
+    return {name: metrics[name] for name in METRIC_NAMES}
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
+    """Save model + tokenizer atomically: a previous model at `path` is replaced only once the new one is complete."""
+    with atomic_dir(path) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return path
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(config: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune as configured; writes <output_dir>/metrics.json (and model/) and returns the same report."""
+    started = perf_counter()
+    output_dir = Path(config.output_dir)
+    precision = config.resolved_precision
+
+    # --- 1. Setup ---
+    source = resolve_model_source(config.model)
+    threads = configure_threads()
+    logger.info("model %s (%s), data %s, %s, %d threads", config.model, source, config.data, precision, threads)
+    tokenizer = load_tokenizer(source)
+    set_seed(config.seed)  # before the model load: the new classifier head is randomly initialised
+    model = load_sequence_classifier(source, num_labels=len(LABEL_NAMES), id2label=ID2LABEL, label2id=LABEL2ID)
+    raw = load_data(
+        config.data,
+        max_train_samples=config.max_train_samples,
+        max_eval_samples=config.max_eval_samples,
+        train_fraction=config.train_fraction,
+        seed=config.seed,
+    )
+    encoded = tokenize(raw, tokenizer, config.max_length)
+    train_set, eval_set = encoded["train"], encoded["validation"]
+    collator = PaddingCollator(tokenizer)
+    setup_seconds = perf_counter() - started
+
+    # --- 2. Evaluate before ---
+    before = evaluate(model, eval_set, collator, config.per_device_eval_batch_size, precision)
+    logger.info("before fine-tuning: accuracy %.4f, f1 %.4f", before.metrics["accuracy"], before.metrics["f1"])
+
+    # --- 3. Train ---
+    trainer = Trainer(
+        model=model,
+        args=config,
+        data_collator=collator,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        compute_metrics=trainer_metrics,
+    )
+    train_start = perf_counter()
+    train_output = trainer.train()
+    train_seconds = perf_counter() - train_start
+
+    # --- 4. Evaluate after ---
+    after = evaluate(model, eval_set, collator, config.per_device_eval_batch_size, precision)
+    logger.info("after fine-tuning: accuracy %.4f, f1 %.4f", after.metrics["accuracy"], after.metrics["f1"])
+    sample = predict(model, tokenizer, config.sample_text, precision, config.max_length)
+
+    # --- 5. Save ---
+    save_start = perf_counter()
+    model_dir = save_model(model, tokenizer, output_dir / MODEL_SUBDIR) if config.save_model else None
+    save_seconds = perf_counter() - save_start
+
+    # --- 6. Report ---
+    report = {
+        "model": config.model,
+        "model_source": source,
+        "data": config.data,
+        "examples": {"train": len(train_set), "validation": len(eval_set)},
+        "precision": precision,
+        "threads": threads,
+        "before": asdict(before),
+        "after": asdict(after),
+        "sample_prediction": sample,
+        "train": {
+            "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "seconds": train_seconds,
+            "examples_per_second": train_output.metrics["train_samples_per_second"],
+            "mean_loss": train_output.training_loss,
+            "log_history": trainer.state.log_history,
+        },
+        "timings": {
+            "setup_s": setup_seconds,
+            "eval_before_s": before.seconds,
+            "train_s": train_seconds,
+            "eval_after_s": after.seconds,
+            "save_s": save_seconds,
+            "total_s": perf_counter() - started,
+        },
+        "peak_rss_mib": peak_rss_mib(),
+        "model_dir": str(model_dir) if model_dir else None,
+        "config": config.fingerprint()
+        | {"max_eval_samples": config.max_eval_samples, "eval_batch_size": config.per_device_eval_batch_size},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "datasets": datasets.__version__,
+        },
+    }
+    metrics_path = atomic_write_json(output_dir / METRICS_FILE, report)
+    logger.info("wrote %s", metrics_path)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The final summary table printed to stdout."""
+    before, after, train, timings = report["before"], report["after"], report["train"], report["timings"]
+    sample, examples = report["sample_prediction"], report["examples"]
+    lines = [
+        f"model      {report['model']}",
+        f"data       {report['data']} ({examples['train']} train / {examples['validation']} validation)",
+        f"precision  {report['precision']}, {report['threads']} threads",
+        "",
+        f"{'metric':<10}  {'before':>7}  {'after':>7}",
+        *(f"{name:<10}  {before['metrics'][name]:>7.4f}  {after['metrics'][name]:>7.4f}" for name in METRIC_NAMES),
+        f"{'loss':<10}  {before['loss']:>7.4f}  {after['loss']:>7.4f}",
+        "",
+        "confusion matrix before:",
+        format_confusion_matrix(before["metrics"]["confusion_matrix"], LABEL_NAMES),
+        "confusion matrix after:",
+        format_confusion_matrix(after["metrics"]["confusion_matrix"], LABEL_NAMES),
+        "",
+        f"sample     {sample['text']!r} -> {sample['label']} (p={sample['probability']:.3f})",
+        f"train      {train['steps']} steps, {train['epochs']:.2f} epochs in {train['seconds']:.1f} s "
+        f"({train['examples_per_second']:.1f} examples/s)",
+        f"eval       before {timings['eval_before_s']:.2f} s, after {timings['eval_after_s']:.2f} s "
+        f"({after['examples']} examples each)",
+        f"total      {timings['total_s']:.1f} s, peak RSS {report['peak_rss_mib']:.0f} MiB",
+        f"model dir  {report['model_dir'] or '(not saved: --save_model false)'}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
+    config = parse_config(argv)
+    report = run(config)
+    print(format_report(report))
+    accuracy = report["after"]["metrics"]["accuracy"]
+    if config.expect_min_accuracy is not None and accuracy < config.expect_min_accuracy:
+        print(
+            f"error: validation accuracy {accuracy:.4f} is below --expect_min_accuracy {config.expect_min_accuracy}",
+            file=sys.stderr,
+        )
+        return EXIT_QUALITY_GATE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,164 @@
+"""End-to-end tests of the real entry point on a tiny random BERT and an easy synthetic data set."""
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import torch
+from safetensors.torch import load_file
+
+from src.common.data import ID2LABEL, LABEL2ID, PaddingCollator, load_data, tokenize
+from src.common.errors import EXIT_USAGE, run_cli
+from src.common.models import load_sequence_classifier, load_tokenizer
+from src.common.paths import BAZEL_TEST_OUTPUTS_ENV
+from src.common.testing import make_tiny_bert, synthetic_sentiment_rows, write_sst2_folder
+from src.training import config as config_module
+from src.training import train_model
+
+METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "confusion_matrix"}
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """Run the CLI as `python -m` would; returns (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli(train_model.main, argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+class TrainModelTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        base = os.environ.get(BAZEL_TEST_OUTPUTS_ENV)
+        cls.dir = Path(tempfile.mkdtemp(prefix="train_model_test-", dir=base))
+        if not base:
+            cls.addClassCleanup(shutil.rmtree, cls.dir)
+        cls.model_dir = make_tiny_bert(cls.dir / "tiny-bert")
+        cls.data_dir = write_sst2_folder(
+            cls.dir / "data", train=synthetic_sentiment_rows(128, seed=0), dev=synthetic_sentiment_rows(32, seed=1)
+        )
+        cls.output_dir = cls.dir / "run"
+        cls.code, cls.stdout, cls.stderr = run_main(
+            [
+                "--model", str(cls.model_dir),
+                "--data", str(cls.data_dir),
+                "--max_length", "32",
+                "--disable_tqdm", "true",
+                "--output_dir", str(cls.output_dir),
+                "--num_train_epochs", "4",
+                "--per_device_train_batch_size", "16",
+                "--learning_rate", "1e-2",  # a tiny random model needs a large step to learn in 32 steps
+                "--logging_steps", "2",
+                "--expect_min_accuracy", "0.6",
+            ]
+        )  # fmt: skip
+        cls.report = json.loads((cls.output_dir / train_model.METRICS_FILE).read_text())
+
+    def test_run_succeeds_and_prints_the_summary(self):
+        self.assertEqual(self.code, 0, self.stderr)
+        for fragment in ("accuracy", "confusion matrix before", "confusion matrix after", "sample", "peak RSS"):
+            self.assertIn(fragment, self.stdout)
+
+    def test_metrics_json_has_before_and_after(self):
+        for when in ("before", "after"):
+            self.assertEqual(set(self.report[when]["metrics"]), METRIC_KEYS)
+            self.assertEqual(self.report[when]["examples"], 32)
+        self.assertGreater(self.report["after"]["metrics"]["accuracy"], self.report["before"]["metrics"]["accuracy"])
+        for key in ("precision", "threads", "timings", "peak_rss_mib", "versions", "config", "sample_prediction"):
+            self.assertIn(key, self.report)
+        self.assertEqual(self.report["train"]["steps"], 32)  # 128 examples / 16 per step * 4 epochs
+
+    def test_training_loss_falls(self):
+        losses = [entry["loss"] for entry in self.report["train"]["log_history"] if "loss" in entry]
+        self.assertGreaterEqual(len(losses), 4)
+        self.assertLess(sum(losses[-3:]) / 3, 0.5 * sum(losses[:3]) / 3)
+
+    def test_parameters_changed(self):
+        initial = load_file(self.model_dir / "model.safetensors")
+        trained = load_file(self.output_dir / train_model.MODEL_SUBDIR / "model.safetensors")
+        self.assertEqual(initial.keys(), trained.keys())
+        changed = [name for name in initial if not torch.equal(initial[name], trained[name])]
+        self.assertIn("classifier.weight", changed)
+        self.assertGreater(len(changed), len(initial) // 2)
+
+    def test_saved_model_reloads_to_the_same_predictions(self):
+        saved = str(self.output_dir / train_model.MODEL_SUBDIR)
+        tokenizer = load_tokenizer(saved)
+        model = load_sequence_classifier(saved, num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
+        sample = self.report["sample_prediction"]
+        again = train_model.predict(model, tokenizer, sample["text"], self.report["precision"], max_length=32)
+        self.assertEqual(again["label"], sample["label"])
+        self.assertAlmostEqual(again["probability"], sample["probability"], places=5)
+
+        validation = tokenize(load_data(str(self.data_dir)), tokenizer, max_length=32)["validation"]
+        evaluation = train_model.evaluate(model, validation, PaddingCollator(tokenizer), 8, self.report["precision"])
+        self.assertEqual(evaluation.metrics, self.report["after"]["metrics"])
+
+
+class TrainModelExitCodeTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def assertUsageError(self, argv: list[str], fragment: str) -> None:
+        code, stdout, stderr = run_main(argv + ["--output_dir", str(self.dir / "out")])
+        self.assertEqual(code, EXIT_USAGE)
+        self.assertEqual(stdout, "")
+        lines = stderr.splitlines()
+        self.assertEqual(len(lines), 1, stderr)
+        self.assertTrue(lines[0].startswith("error: "), lines[0])
+        self.assertIn(fragment, lines[0])
+        self.assertFalse((self.dir / "out").exists())  # nothing was started
+
+    def test_bad_flag_values_exit_2_with_one_line(self):
+        self.assertUsageError(["--learning_rate", "-1"], "--learning_rate must be > 0")
+        self.assertUsageError(["--data", str(self.dir / "no-such-folder")], "no-such-folder")
+        self.assertUsageError(["--model", "builtin:unknown"], "unknown builtin model")
+        self.assertUsageError(["--bogus"], "unrecognized arguments: --bogus")
+
+    def test_quality_gate_exits_3_and_keeps_outputs(self):
+        model_dir = make_tiny_bert(self.dir / "tiny")
+        data_dir = write_sst2_folder(self.dir / "data", synthetic_sentiment_rows(16), synthetic_sentiment_rows(8, 1))
+        out = self.dir / "gate"
+        code, _, stderr = run_main(
+            ["--model", str(model_dir), "--data", str(data_dir), "--output_dir", str(out), "--max_steps", "1",
+             "--learning_rate", "1e-6", "--disable_tqdm", "true", "--expect_min_accuracy", "1.0"]
+        )  # fmt: skip
+        self.assertEqual(code, train_model.EXIT_QUALITY_GATE)
+        self.assertIn("error: validation accuracy", stderr.splitlines()[-1])
+        self.assertTrue((out / train_model.METRICS_FILE).is_file())
+
+
+
+class Bf16PathTest(unittest.TestCase):
+    def test_bf16_autocast_run_keeps_fp32_weights(self):
+        """The bf16 path on any CPU: pretend it has AMX (on one without, bf16 is emulated: slower, still correct)."""
+        work = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, work)
+        model_dir = make_tiny_bert(work / "tiny")
+        data_dir = write_sst2_folder(work / "data", synthetic_sentiment_rows(32), synthetic_sentiment_rows(8, seed=1))
+        with mock.patch.object(config_module, "cpu_flags", return_value=frozenset({"amx_bf16"})):
+            code, _, stderr = run_main(
+                ["--model", str(model_dir), "--data", str(data_dir), "--output_dir", str(work / "out"),
+                 "--max_steps", "4", "--logging_steps", "1", "--per_device_train_batch_size", "8",
+                 "--disable_tqdm", "true"]
+            )  # fmt: skip
+        self.assertEqual(code, 0, stderr)
+        report = json.loads((work / "out" / train_model.METRICS_FILE).read_text())
+        self.assertEqual(report["precision"], "bf16")
+        losses = [entry["loss"] for entry in report["train"]["log_history"] if "loss" in entry]
+        self.assertEqual(len(losses), 4)
+        self.assertTrue(all(math.isfinite(loss) for loss in losses))
+        weights = load_file(work / "out" / train_model.MODEL_SUBDIR / "model.safetensors")
+        self.assertEqual({t.dtype for t in weights.values()}, {torch.float32})
+
+
+if __name__ == "__main__":
+    unittest.main()
