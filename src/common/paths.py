@@ -52,15 +52,14 @@ def _sibling_temp(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write `obj` as JSON to `path` via a temp file and a rename: readers see the old file or the new one."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` via a temp file and a rename: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling_temp(path, "tmp")
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with open(tmp, "xb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -68,6 +67,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as JSON to `path` via a temp file and a rename: readers see the old file or the new one."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ Flags come from `HfArgumentParser`, so every TrainingArguments flag works too. `
 supplies values that the command line overrides.
 """
 
+import copy
 import dataclasses
 import json
 import sys
@@ -18,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from transformers.training_args import OptimizerNames
 
+from src.common.checkpoints import latest_complete_checkpoint, list_checkpoints
 from src.common.cpu import cpu_flags, resolve_precision
 from src.common.data import DEFAULT_DATA, find_local_files
 from src.common.errors import CliArgumentParser, UserError
@@ -25,6 +27,7 @@ from src.common.models import DEFAULT_MODEL, resolve_model_source
 from src.common.paths import default_output_dir, resolve_user_path
 
 JOB_NAME = "train_model"
+CHECKPOINTS_SUBDIR = "checkpoints"  # <output_dir>/checkpoints/checkpoint-<step>: what --resume continues from
 MAX_LENGTH_RANGE = (8, 512)  # tokens; 512 is BERT's position-embedding limit
 
 # Fields that decide the trained weights: two runs that agree on these produce the same model.
@@ -47,6 +50,7 @@ WEIGHT_DETERMINING_FIELDS = (
     "max_steps",
     "train_sampling_strategy",
     "seed",
+    "data_seed",
 )
 
 
@@ -115,6 +119,34 @@ class FinetuneConfig(TrainingArguments):
         metadata={"help": "The precision actually used (bf16 or fp32), derived from --precision and the CPU."},
     )
 
+    # --- Checkpoints and resuming ---
+    checkpoint_every: int = field(
+        default=0,
+        metadata={
+            "help": "Save a checkpoint (model, optimizer, scheduler, RNG states, data position) every N optimizer "
+            "steps to <output_dir>/checkpoints; 0 = none. Shorthand for --save_strategy steps --save_steps N."
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue the run in --output_dir from its latest complete checkpoint, to the same result as an "
+            "uninterrupted run; an error if there is none. Pass the same flags as the interrupted run."
+        },
+    )
+    save_total_limit: int | None = field(
+        default=2,
+        metadata={
+            "help": "Keep the newest N complete checkpoints (and the best with --load_best_model_at_end); older "
+            "ones are deleted only once a newer one is complete."
+        },
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        init=False,
+        metadata={"help": "The checkpoint training continues from, found by --resume."},
+    )
+
     # --- TrainingArguments defaults, changed for fast fine-tuning on a few CPU cores ---
     output_dir: str | None = field(
         default=None,
@@ -150,7 +182,8 @@ class FinetuneConfig(TrainingArguments):
     save_strategy: SaveStrategy | str = field(
         default="no",
         metadata={
-            "help": "Checkpoints during training: no (the final model goes to <output_dir>/model), steps, epoch, best."
+            "help": "Checkpoints to <output_dir>/checkpoints during training: no, steps, epoch, best (see also "
+            "--checkpoint_every). The final model always goes to <output_dir>/model."
         },
     )
     logging_steps: float = field(default=5, metadata={"help": "Log the training loss every this many optimizer steps."})
@@ -189,7 +222,10 @@ class FinetuneConfig(TrainingArguments):
         requested = "bf16" if self.bf16 and self.precision == "auto" else self.precision
         self.resolved_precision = resolve_precision(requested, cpu_flags())
         self.bf16 = self.resolved_precision == "bf16"
+        if self.checkpoint_every:
+            self.save_strategy, self.save_steps = "steps", self.checkpoint_every
         super().__post_init__()
+        self.resume_from_checkpoint = self.find_resume_checkpoint()
 
     def validate(self) -> None:
         """Reject bad values before anything heavy is loaded, with a message that says what to do."""
@@ -212,8 +248,54 @@ class FinetuneConfig(TrainingArguments):
         _require(bool(self.sample_text.strip()), "--sample_text must not be empty")
         _require(not self.fp16, "--fp16 is not supported on CPU; use --precision bf16 (CPUs with native bf16) or fp32")
         _require(not (self.bf16 and self.precision == "fp32"), "--bf16 contradicts --precision fp32; drop --bf16")
+        every = self.checkpoint_every
+        _require(every >= 0, f"--checkpoint_every must be >= 0 optimizer steps (0 = no checkpoints), got {every}")
+        _require(
+            not (every and _plain(self.save_strategy) != "no"),
+            f"--checkpoint_every {every} already means --save_strategy steps --save_steps {every}; drop one of them",
+        )
+        limit = self.save_total_limit
+        _require(limit is None or limit >= 1, f"--save_total_limit must be >= 1 checkpoints, got {limit}")
         find_local_files(self.data)  # a missing folder or one without the expected files
         resolve_model_source(self.model)  # an unknown builtin, a missing directory, an uncached Hub id offline
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output_dir) / CHECKPOINTS_SUBDIR
+
+    @property
+    def saves_checkpoints(self) -> bool:
+        return self.save_strategy != SaveStrategy.NO
+
+    def find_resume_checkpoint(self) -> str | None:
+        """The checkpoint --resume continues from; None without --resume.
+
+        UserError if --resume finds no complete checkpoint, or if a run from scratch would save its checkpoints
+        among those of an earlier run (a checkpoint-<step> of both runs could end up mixed).
+        """
+        root = self.checkpoint_dir
+        if self.resume:
+            latest = latest_complete_checkpoint(root)
+            _require(
+                latest is not None,
+                f"--resume: no complete checkpoint in {root}; run without --resume to start from scratch "
+                "(with --checkpoint_every N to save checkpoints)",
+            )
+            return str(latest.path)
+        _require(
+            not (self.saves_checkpoints and list_checkpoints(root)),
+            f"{root} holds checkpoints of an earlier run; pass --resume to continue it, or delete that folder to "
+            "start from scratch",
+        )
+        return None
+
+    def trainer_arguments(self) -> "FinetuneConfig":
+        """A copy for the Trainer, whose output_dir is where it saves checkpoints: <output_dir>/checkpoints, apart
+        from model/ and metrics.json. Unchanged without checkpoints (the Trainer would create an empty folder)."""
+        args = copy.copy(self)
+        if self.saves_checkpoints:
+            args.output_dir = str(self.checkpoint_dir)
+        return args
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that determine the trained weights, as plain JSON values (a cache key's input)."""

@@ -6,6 +6,7 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+from src.common.checkpoints import mark_complete
 from src.common.data import DEFAULT_DATA
 from src.common.errors import UserError
 from src.common.models import DEFAULT_MODEL
@@ -57,6 +58,8 @@ class DefaultsTest(ConfigTestCase):
         self.assertIsNone(c.expect_min_accuracy)
         self.assertEqual(c.resolved_precision, "fp32")
         self.assertFalse(c.bf16)
+        self.assertEqual((c.checkpoint_every, c.resume, c.save_total_limit), (0, False, 2))
+        self.assertIsNone(c.resume_from_checkpoint)
 
     def test_relative_output_dir_is_relative_to_the_users_directory(self):
         with mock.patch.dict(os.environ, {BAZEL_WORKING_DIR_ENV: "/home/me/repo"}):
@@ -96,6 +99,10 @@ class ValidationTest(ConfigTestCase):
             ("--max_train_samples", "0"): "--max_train_samples must be >= 1",
             ("--expect_min_accuracy", "80"): "--expect_min_accuracy must be in [0, 1]",
             ("--sample_text", " "): "--sample_text must not be empty",
+            ("--checkpoint_every", "-1"): "--checkpoint_every must be >= 0",
+            ("--checkpoint_every", "5", "--save_strategy", "epoch"): "drop one of them",
+            ("--save_total_limit", "0"): "--save_total_limit must be >= 1",
+            ("--resume_from_checkpoint", "x"): "unrecognized arguments",  # --resume finds the checkpoint
             ("--no_such_flag", "1"): "unrecognized arguments: --no_such_flag",
         }
         for argv, fragment in cases.items():
@@ -115,6 +122,39 @@ class ValidationTest(ConfigTestCase):
 
     def test_trainingarguments_checks_become_user_errors(self):
         self.assertUserError(["--load_best_model_at_end", "--save_strategy", "steps"], "invalid training arguments")
+
+
+class CheckpointConfigTest(ConfigTestCase):
+    def checkpoint(self, step: int, complete: bool = True) -> Path:
+        path = self.dir / "out" / "checkpoints" / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"weights")
+        if complete:
+            mark_complete(path, step)
+        return path
+
+    def test_checkpoint_every_saves_to_the_checkpoints_folder(self):
+        c = parse_config(["--checkpoint_every", "5"])
+        self.assertEqual((c.save_strategy.value, c.save_steps), ("steps", 5))
+        self.assertEqual(c.trainer_arguments().output_dir, str(self.dir / "out" / "checkpoints"))
+        self.assertEqual(c.output_dir, str(self.dir / "out"))  # model/ and metrics.json stay here
+        self.assertEqual(parse_config([]).trainer_arguments().output_dir, str(self.dir / "out"))
+
+    def test_resume_finds_the_latest_complete_checkpoint(self):
+        self.checkpoint(5)
+        latest = self.checkpoint(10)
+        self.checkpoint(15, complete=False)
+        with self.assertLogs("src.common.checkpoints", "WARNING") as logs:
+            self.assertEqual(parse_config(["--resume"]).resume_from_checkpoint, str(latest))
+            self.assertEqual(parse_config(["--checkpoint_every", "5", "--resume"]).resume_from_checkpoint, str(latest))
+        self.assertIn("ignoring incomplete checkpoint", logs.output[0])
+
+    def test_checkpoints_of_an_earlier_run(self):
+        self.checkpoint(15, complete=False)
+        with self.assertLogs("src.common.checkpoints", "WARNING"):
+            self.assertUserError(["--resume"], "--resume: no complete checkpoint in", "checkpoints")
+        self.assertUserError(["--checkpoint_every", "5"], "holds checkpoints of an earlier run", "--resume")
+        self.assertIsNone(parse_config([]).resume_from_checkpoint)  # a run without checkpoints does not mind
 
 
 class ConfigFileTest(ConfigTestCase):

@@ -3,7 +3,8 @@
     python -m src.training.train_model [--model M] [--data D] [--config FILE] [any TrainingArguments flag]
 
 The recipe, top to bottom: setup (threads, precision, tokenizer, model, data, tokenize once) -> evaluate
-before -> train (Trainer, dynamic padding, length-grouped batches) -> evaluate after -> save -> report.
+before -> train (Trainer, dynamic padding, length-grouped batches; checkpoints with --checkpoint_every N, continued
+with --resume) -> evaluate after -> save -> report (summary table, metrics.json, eval_history.json, a plot).
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 the --expect_min_accuracy quality gate failed.
 """
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 import transformers
 from torch.utils.data import DataLoader
-from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, Trainer, set_seed
+from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from src.common.checkpoints import ResumableTrainer, checkpoint_step, latest_complete_checkpoint
 from src.common.cpu import configure_threads
 from src.common.data import (
     ID2LABEL,
@@ -42,6 +44,8 @@ from src.common.logging_utils import setup_logging
 from src.common.metrics import classification_metrics, format_confusion_matrix
 from src.common.models import load_sequence_classifier, load_tokenizer, resolve_model_source
 from src.common.paths import atomic_dir, atomic_write_json
+from src.common.plots import plot_training_curves
+from src.common.training_logs import EvalHistory, EvalHistoryCallback, ThroughputCallback
 from src.training.config import FinetuneConfig, parse_config
 
 logger = logging.getLogger(__name__)
@@ -49,6 +53,8 @@ logger = logging.getLogger(__name__)
 EXIT_QUALITY_GATE = 3
 MODEL_SUBDIR = "model"  # <output_dir>/model: fine-tuned weights + tokenizer, loadable with from_pretrained
 METRICS_FILE = "metrics.json"  # <output_dir>/metrics.json: everything the summary table shows, and more
+EVAL_HISTORY_FILE = "eval_history.json"  # <output_dir>/eval_history.json: every evaluation, with step and epoch
+PLOT_FILE = "training_curves.png"  # <output_dir>/training_curves.png: training loss and validation accuracy
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
 
 
@@ -106,6 +112,12 @@ def trainer_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     return {name: metrics[name] for name in METRIC_NAMES}
 
 
+def history_metrics(evaluation: Evaluation) -> dict[str, float]:
+    """One of our evaluations under the names the Trainer's have in eval_history.json."""
+    scores = {name: evaluation.metrics[name] for name in METRIC_NAMES}
+    return {"loss": evaluation.loss, **scores, "runtime": evaluation.seconds}
+
+
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
     """Save model + tokenizer atomically: a previous model at `path` is replaced only once the new one is complete."""
     with atomic_dir(path) as staging:
@@ -147,30 +159,48 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     # --- 2. Evaluate before ---
     before = evaluate(model, eval_set, collator, config.per_device_eval_batch_size, precision)
     logger.info("before fine-tuning: accuracy %.4f, f1 %.4f", before.metrics["accuracy"], before.metrics["f1"])
+    history = EvalHistory(output_dir / EVAL_HISTORY_FILE)  # every evaluation, rewritten after each one
+    resumed_step = 0
+    if config.resume_from_checkpoint:  # keep what the interrupted run evaluated up to its checkpoint
+        resumed_step = checkpoint_step(config.resume_from_checkpoint)
+        history.restore(up_to_step=resumed_step)
+        logger.info("resuming from %s", config.resume_from_checkpoint)
+    history.add("before", step=0, epoch=0.0, metrics=history_metrics(before))
 
-    # --- 3. Train ---
-    trainer = Trainer(
+    # --- 3. Train (from the checkpoint --resume found: model, optimizer, scheduler, RNG states, data position) ---
+    trainer = ResumableTrainer(
         model=model,
-        args=config,
+        args=config.trainer_arguments(),
         data_collator=collator,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
         compute_metrics=trainer_metrics,
+        callbacks=[ThroughputCallback(), EvalHistoryCallback(history)],
     )
     train_start = perf_counter()
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = perf_counter() - train_start
+    steps_this_run = trainer.state.global_step - resumed_step
 
     # --- 4. Evaluate after ---
     after = evaluate(model, eval_set, collator, config.per_device_eval_batch_size, precision)
     logger.info("after fine-tuning: accuracy %.4f, f1 %.4f", after.metrics["accuracy"], after.metrics["f1"])
+    history.add("after", step=trainer.state.global_step, epoch=trainer.state.epoch, metrics=history_metrics(after))
     sample = predict(model, tokenizer, config.sample_text, precision, config.max_length)
 
     # --- 5. Save ---
     save_start = perf_counter()
     model_dir = save_model(model, tokenizer, output_dir / MODEL_SUBDIR) if config.save_model else None
     save_seconds = perf_counter() - save_start
+    train_loss = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+    plot_path = plot_training_curves(
+        output_dir / PLOT_FILE,
+        train_loss=train_loss,
+        eval_metric=history.points("accuracy"),
+        title=f"{Path(config.model).name} on {Path(config.data).name}",
+    )
+    latest_checkpoint = latest_complete_checkpoint(config.checkpoint_dir) if config.saves_checkpoints else None
 
     # --- 6. Report ---
     report = {
@@ -187,7 +217,9 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
             "steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
             "seconds": train_seconds,
-            "examples_per_second": train_output.metrics["train_samples_per_second"],
+            "resumed_from": config.resume_from_checkpoint,
+            "steps_this_run": steps_this_run,
+            "examples_per_second": train_output.metrics["train_samples_per_second"],  # in this run
             "mean_loss": train_output.training_loss,
             "log_history": trainer.state.log_history,
         },
@@ -201,6 +233,9 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         },
         "peak_rss_mib": peak_rss_mib(),
         "model_dir": str(model_dir) if model_dir else None,
+        "latest_checkpoint": str(latest_checkpoint.path) if latest_checkpoint else None,
+        "eval_history": str(history.path),
+        "plot": str(plot_path),
         "config": config.fingerprint()
         | {"max_eval_samples": config.max_eval_samples, "eval_batch_size": config.per_device_eval_batch_size},
         "versions": {
@@ -236,10 +271,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"sample     {sample['text']!r} -> {sample['label']} (p={sample['probability']:.3f})",
         f"train      {train['steps']} steps, {train['epochs']:.2f} epochs in {train['seconds']:.1f} s "
         f"({train['examples_per_second']:.1f} examples/s)",
+        *([f"resumed    from {train['resumed_from']} ({train['steps_this_run']} steps in this run)"]
+          if train["resumed_from"] else []),
         f"eval       before {timings['eval_before_s']:.2f} s, after {timings['eval_after_s']:.2f} s "
         f"({after['examples']} examples each)",
-        f"total      {timings['total_s']:.1f} s, peak RSS {report['peak_rss_mib']:.0f} MiB",
+        f"total      {timings['total_s']:.1f} s wall, peak RSS {report['peak_rss_mib']:.0f} MiB",
         f"model dir  {report['model_dir'] or '(not saved: --save_model false)'}",
+        f"checkpoint {report['latest_checkpoint'] or '(none saved; see --checkpoint_every)'}",
+        f"evals      {report['eval_history']}",
+        f"plot       {report['plot']}",
     ]
     return "\n".join(lines)
 
