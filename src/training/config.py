@@ -157,22 +157,22 @@ class FinetuneConfig(TrainingArguments):
     )
     use_cpu: bool = field(default=True, metadata={"help": "Train on CPU (also what lets --bf16 work without a GPU)."})
     learning_rate: float = field(
-        default=1e-4,
-        metadata={"help": "Peak AdamW learning rate; 1e-4 suits MiniLM on a few hundred to a few thousand examples."},
+        default=2e-4,
+        metadata={"help": "Peak AdamW learning rate; 2e-4 suits MiniLM at batch 64 (shipped set and SST-2)."},
     )
     warmup_steps: float = field(
         default=0.1,
         metadata={"help": "Linear warmup: an integer number of steps, or a fraction in [0, 1) of all steps."},
     )
     per_device_train_batch_size: int = field(
-        default=32,
+        default=64,
         metadata={"help": "Examples per optimizer step. Larger batches amortise the per-step optimizer cost on CPU."},
     )
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Examples per evaluation forward pass."})
     num_train_epochs: float = field(
         default=3.0,
         metadata={
-            "help": "Passes over the training data; 3 take the shipped set from ~0.5 to ~0.94 accuracy in ~30 s."
+            "help": "Passes over the training data; 3 take the shipped set from 0.45 to ~0.94 accuracy in ~20 s."
         },
     )
     eval_strategy: IntervalStrategy | str = field(

@@ -46,7 +46,7 @@ class DefaultsTest(ConfigTestCase):
         self.assertEqual((c.model, c.data), (DEFAULT_MODEL, DEFAULT_DATA))
         self.assertEqual(c.output_dir, str(self.dir / "out"))
         self.assertTrue(c.use_cpu)
-        self.assertEqual((c.per_device_train_batch_size, c.per_device_eval_batch_size), (32, 128))
+        self.assertEqual((c.per_device_train_batch_size, c.per_device_eval_batch_size), (64, 128))
         self.assertEqual(c.eval_strategy.value, "epoch")
         self.assertEqual(c.save_strategy.value, "no")
         self.assertEqual(c.train_sampling_strategy, "group_by_length")
