@@ -1,7 +1,6 @@
 """Tests of the cache manager CLI; the benchmark runs end to end on a tiny random BERT."""
 
-import contextlib
-import io
+import functools
 import json
 import os
 import shutil
@@ -14,16 +13,12 @@ from huggingface_hub import constants
 
 from src.cache_manager import cache_manager
 from src.cache_manager.store import STORE_ENV, FinetunedModelStore
-from src.common.errors import EXIT_USAGE, run_cli
+from src.common.errors import EXIT_USAGE
 from src.common.paths import BAZEL_TEST_OUTPUTS_ENV
-from src.common.testing import make_tiny_bert, synthetic_sentiment_rows, write_sst2_folder
+from src.common.testing import make_tiny_bert, run_cli_captured, synthetic_sentiment_rows, write_sst2_folder
 
 
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_cli(cache_manager.main, argv)
-    return code, out.getvalue(), err.getvalue()
+run_main = functools.partial(run_cli_captured, cache_manager.main)  # -> (exit code, stdout, stderr)
 
 
 class CacheManagerTestCase(unittest.TestCase):

@@ -1,15 +1,18 @@
 """Test support: a tiny random BERT and small synthetic data sets, so tests run offline in seconds."""
 
+import contextlib
+import io
 import json
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from src.common.data import ID2LABEL, LABEL2ID, LABEL_NAMES
+from src.common.errors import run_cli
 from src.common.models import builtin_model_dir
 
 # A 2-layer BERT with hidden size 32: ~1M parameters, almost all in the 30,522-row embedding table.
@@ -79,3 +82,11 @@ def write_jsonl_folder(path: str | Path, train: Rows, test: Rows) -> Path:
         lines = [json.dumps({"text": text, "label": label, "id": i}) for i, (text, label) in enumerate(rows)]
         (path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def run_cli_captured(main: Callable[[Sequence[str]], int], argv: Sequence[str]) -> tuple[int, str, str]:
+    """Run a CLI's main through run_cli, as `python -m` would; returns (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli(main, list(argv))
+    return code, out.getvalue(), err.getvalue()

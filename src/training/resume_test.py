@@ -4,8 +4,7 @@ One uninterrupted run, and one run that is interrupted right after its first che
 continued with --resume past two planted incomplete checkpoints: both must end with the same weights and metrics.
 """
 
-import contextlib
-import io
+import functools
 import json
 import os
 import shutil
@@ -19,9 +18,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from src.common.checkpoints import COMPLETE_MARKER, ResumableTrainer, incompleteness, list_checkpoints
-from src.common.errors import EXIT_INTERRUPTED, EXIT_USAGE, run_cli
+from src.common.errors import EXIT_INTERRUPTED, EXIT_USAGE
 from src.common.paths import BAZEL_TEST_OUTPUTS_ENV
-from src.common.testing import make_tiny_bert, synthetic_sentiment_rows, write_sst2_folder
+from src.common.testing import make_tiny_bert, run_cli_captured, synthetic_sentiment_rows, write_sst2_folder
 from src.training import train_model
 from src.training.config import CHECKPOINTS_SUBDIR
 
@@ -32,12 +31,7 @@ CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_st
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    """Run the CLI as `python -m` would; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_cli(train_model.main, argv)
-    return code, out.getvalue(), err.getvalue()
+run_main = functools.partial(run_cli_captured, train_model.main)  # -> (exit code, stdout, stderr)
 
 
 class InterruptAfterFirstCheckpoint(TrainerCallback):

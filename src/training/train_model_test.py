@@ -1,7 +1,6 @@
 """End-to-end tests of the real entry point on a tiny random BERT and an easy synthetic data set."""
 
-import contextlib
-import io
+import functools
 import json
 import math
 import os
@@ -15,22 +14,17 @@ import torch
 from safetensors.torch import load_file
 
 from src.common.data import ID2LABEL, LABEL2ID, PaddingCollator, load_data, tokenize
-from src.common.errors import EXIT_USAGE, run_cli
+from src.common.errors import EXIT_USAGE
 from src.common.models import load_sequence_classifier, load_tokenizer
 from src.common.paths import BAZEL_TEST_OUTPUTS_ENV
-from src.common.testing import make_tiny_bert, synthetic_sentiment_rows, write_sst2_folder
+from src.common.testing import make_tiny_bert, run_cli_captured, synthetic_sentiment_rows, write_sst2_folder
 from src.training import config as config_module
 from src.training import train_model
 
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "confusion_matrix"}
 
 
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    """Run the CLI as `python -m` would; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_cli(train_model.main, argv)
-    return code, out.getvalue(), err.getvalue()
+run_main = functools.partial(run_cli_captured, train_model.main)  # -> (exit code, stdout, stderr)
 
 
 class TrainModelTest(unittest.TestCase):
