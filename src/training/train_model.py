@@ -141,9 +141,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     source = resolve_model_source(config.model)
     threads = configure_threads()
     logger.info("model %s (%s), data %s, %s, %d threads", config.model, source, config.data, precision, threads)
-    tokenizer = load_tokenizer(source)
-    set_seed(config.seed)  # before the model load: the new classifier head is randomly initialised
-    model = load_sequence_classifier(source, num_labels=len(LABEL_NAMES), id2label=ID2LABEL, label2id=LABEL2ID)
+    # Data first: a source that is missing (e.g. a Hub dataset offline) fails before any model is loaded.
     raw = load_data(
         config.data,
         max_train_samples=config.max_train_samples,
@@ -151,6 +149,9 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         train_fraction=config.train_fraction,
         seed=config.seed,
     )
+    tokenizer = load_tokenizer(source)
+    set_seed(config.seed)  # before the model load: the new classifier head is randomly initialised
+    model = load_sequence_classifier(source, num_labels=len(LABEL_NAMES), id2label=ID2LABEL, label2id=LABEL2ID)
     encoded = tokenize(raw, tokenizer, config.max_length)
     train_set, eval_set = encoded["train"], encoded["validation"]
     collator = PaddingCollator(tokenizer)
