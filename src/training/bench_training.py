@@ -28,7 +28,14 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, set_seed
+from transformers import (
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    set_seed,
+)
 
 from src.common.cpu import configure_threads, cpu_flags, supports_bf16
 from src.common.data import ID2LABEL, LABEL2ID, LABEL_NAMES, PaddingCollator, load_data, tokenize
@@ -148,12 +155,18 @@ def matmul_roof(dtype: torch.dtype, budget_s: float = 0.5) -> dict[str, float]:
     return rates
 
 
-def run_recipe(name: str, config: FinetuneConfig, steps: int, warmup: int, pad_to: int | None) -> RecipeResult:
-    """Train `steps` optimizer steps with the Trainer as `config` says; time the steps after `warmup`."""
+def load_model(config: FinetuneConfig) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The tokenizer and a freshly seeded sequence classifier, as train_model sets them up."""
     source = resolve_model_source(config.model)
     tokenizer = load_tokenizer(source)
-    set_seed(config.seed)
+    set_seed(config.seed)  # the new classifier head is randomly initialised
     model = load_sequence_classifier(source, num_labels=len(LABEL_NAMES), id2label=ID2LABEL, label2id=LABEL2ID)
+    return tokenizer, model
+
+
+def run_recipe(name: str, config: FinetuneConfig, steps: int, warmup: int, pad_to: int | None) -> RecipeResult:
+    """Train `steps` optimizer steps with the Trainer as `config` says; time the steps after `warmup`."""
+    tokenizer, model = load_model(config)
     data = load_data(config.data, max_train_samples=steps * config.per_device_train_batch_size, seed=config.seed)
     train_set = tokenize(data, tokenizer, config.max_length)["train"]
     if pad_to is None:
@@ -221,10 +234,7 @@ class StopAtAccuracy(TrainerCallback):
 
 
 def time_to_accuracy(config: FinetuneConfig, target: float, every: int) -> dict[str, Any]:
-    source = resolve_model_source(config.model)
-    tokenizer = load_tokenizer(source)
-    set_seed(config.seed)
-    model = load_sequence_classifier(source, num_labels=len(LABEL_NAMES), id2label=ID2LABEL, label2id=LABEL2ID)
+    tokenizer, model = load_model(config)
     data = load_data(config.data, train_fraction=config.train_fraction, seed=config.seed)
     encoded = tokenize(data, tokenizer, config.max_length)
     collator = PaddingCollator(tokenizer)
