@@ -2,16 +2,21 @@
 
     python -m src.cache_manager.cache_manager [benchmark] [--model M] [--finetune_steps N] [--store DIR]
     python -m src.cache_manager.cache_manager where | list | status MODEL [--revision R]
+    python -m src.cache_manager.cache_manager import-gguf FILE.gguf | builtin:SmolLM2-135M-Instruct
 
 benchmark (the default) times, for the base model, the first load in this process against a second one, and
 for a fine-tuned model, the first request (not in the store: fine-tune briefly, store, load) against the second
 (found in the store: load). It prints a table and writes <output_dir>/cache_benchmark.json.
+
+import-gguf de-quantizes a GGUF once into a safetensors folder keyed by the file's sha256 (the causal-LM job does
+the same on first use), and times a load from that folder.
 
 Exit codes: 0 success, 1 `status` found the model not cached, 2 bad input.
 """
 
 import argparse
 import contextlib
+import json
 import logging
 import platform
 import sys
@@ -33,7 +38,17 @@ from src.common.cpu import configure_threads
 from src.common.data import DEFAULT_DATA, ID2LABEL, LABEL2ID, LABEL_NAMES
 from src.common.errors import CliArgumentParser, UserError, run_cli
 from src.common.logging_utils import setup_logging
-from src.common.models import DEFAULT_MODEL, is_hub_id, load_sequence_classifier, load_tokenizer, resolve_model_source
+from src.common.gguf_import import IMPORT_FILE, import_gguf, list_imports
+from src.common.gguf_import import default_store_root as default_gguf_root
+from src.common.models import (
+    DEFAULT_MODEL,
+    is_gguf,
+    is_hub_id,
+    load_causal_lm,
+    load_sequence_classifier,
+    load_tokenizer,
+    resolve_model_source,
+)
 from src.common.paths import atomic_write_json, default_output_dir, resolve_user_path
 from src.training import train_model
 from src.training.config import FinetuneConfig
@@ -42,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 JOB_NAME = "cache_manager"
 BENCHMARK_FILE = "cache_benchmark.json"
-COMMANDS = ("benchmark", "where", "list", "status")
+COMMANDS = ("benchmark", "where", "list", "status", "import-gguf")
 EXIT_NOT_CACHED = 1
 FINETUNE_STEPS = 30  # optimizer steps of the benchmark's fine-tune: long enough to be real, short enough to wait for
 FINETUNE_EVAL_SAMPLES = 64  # validation examples the benchmark's fine-tune scores before and after
@@ -164,6 +179,7 @@ def cmd_where(args: argparse.Namespace) -> int:
     locations = cache_location() | {
         "HF_DATASETS_CACHE": str(datasets.config.HF_DATASETS_CACHE),
         "fine-tuned store": str(_store(args).root),
+        "GGUF imports": str(default_gguf_root()),
     }
     width = max(map(len, locations))
     for name, path in locations.items():
@@ -204,6 +220,32 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {entry.key[:12]}  {base}  {created}  {entry.size_bytes / 2**20:.1f} MiB")
     if not entries:
         print("  (empty)")
+
+    imports = list_imports()
+    print(f"GGUF imports {default_gguf_root()}:")
+    for entry in imports:
+        record = json.loads((entry / IMPORT_FILE).read_text(encoding="utf-8"))
+        size = sum(p.stat().st_size for p in entry.iterdir() if p.is_file()) / 2**20
+        print(f"  {entry.name[:12]}  {Path(record['source']).name}  {size:.1f} MiB")
+    if not imports:
+        print("  (empty)")
+    return 0
+
+
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    source = resolve_model_source(args.gguf)
+    if not is_gguf(source):
+        raise UserError(f"{args.gguf} is not a GGUF file (.gguf) or a builtin GGUF model")
+    start = perf_counter()
+    folder = import_gguf(source)
+    import_s = perf_counter() - start
+    start = perf_counter()
+    load_causal_lm(str(folder))
+    load_s = perf_counter() - start
+    record = json.loads((folder / IMPORT_FILE).read_text(encoding="utf-8"))
+    print(f"{Path(source).name}: imported at {folder}")
+    print(f"  import (de-quantize once): {record['import_seconds']:.2f} s; this request: {import_s:.2f} s")
+    print(f"  load from the import: {load_s:.2f} s")
     return 0
 
 
@@ -242,6 +284,10 @@ def build_parser() -> CliArgumentParser:
     listing = commands.add_parser("list", help="list hub cache repos and fine-tuned store entries", **options)
     listing.add_argument("--store", help=store_help)
     listing.set_defaults(handler=cmd_list)
+
+    gguf = commands.add_parser("import-gguf", help="import a GGUF once into a safetensors folder", **options)
+    gguf.add_argument("gguf", help="a .gguf file or a builtin GGUF model such as builtin:SmolLM2-135M-Instruct")
+    gguf.set_defaults(handler=cmd_import_gguf)
     return parser
 
 

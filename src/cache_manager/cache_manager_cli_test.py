@@ -15,7 +15,13 @@ from src.cache_manager import cache_manager
 from src.cache_manager.store import STORE_ENV, FinetunedModelStore
 from src.common.errors import EXIT_USAGE
 from src.common.paths import BAZEL_TEST_OUTPUTS_ENV
-from src.common.testing import make_tiny_bert, run_cli_captured, synthetic_sentiment_rows, write_sst2_folder
+from src.common.testing import (
+    make_tiny_bert,
+    run_cli_captured,
+    stories260k_gguf,
+    synthetic_sentiment_rows,
+    write_sst2_folder,
+)
 
 
 run_main = functools.partial(run_cli_captured, cache_manager.main)  # -> (exit code, stdout, stderr)
@@ -101,7 +107,23 @@ class InspectCommandsTest(CacheManagerTestCase):
     def test_list_of_empty_caches(self):
         code, stdout, _ = run_main(["list"])
         self.assertEqual(code, 0)
-        self.assertEqual(stdout.count("(empty)"), 2)
+        self.assertEqual(stdout.count("(empty)"), 3)
+
+    def test_import_gguf_once_then_listed(self):
+        gguf = str(stories260k_gguf())
+        code, stdout, stderr = run_main(["import-gguf", gguf])
+        self.assertEqual(code, 0, stderr)
+        self.assertIn("stories260K.gguf: imported at", stdout)
+        entry = next((self.hf_home / "cpu-finetune" / "gguf").iterdir())
+        mtime = entry.stat().st_mtime_ns
+        code, stdout, stderr = run_main(["import-gguf", gguf])  # the second request finds the import
+        self.assertEqual(code, 0, stderr)
+        self.assertEqual(entry.stat().st_mtime_ns, mtime)
+        code, stdout, _ = run_main(["list"])
+        self.assertIn(f"{entry.name[:12]}  stories260K.gguf", stdout)
+        code, _, stderr = run_main(["import-gguf", str(self.model_dir)])
+        self.assertEqual(code, EXIT_USAGE)
+        self.assertIn("is not a GGUF file", stderr)
 
     def test_usage_errors_are_one_line_exit_2(self):
         for argv, fragment in (

@@ -1,11 +1,14 @@
-"""CPU feature detection (bf16), usable-core counting (affinity + cgroup quota) and torch thread setup.
+"""CPU feature detection (bf16), usable-core counting (affinity + cgroup quota), torch thread setup, bf16 autocast
+and peak memory.
 
 The parsers are pure functions over file contents so they can be tested with fake inputs.
 """
 
+import contextlib
 import logging
 import math
 import os
+import resource
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -120,3 +123,13 @@ def configure_threads() -> int:
         threads = available_cpus()
     torch.set_num_threads(threads)
     return threads
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU when the resolved precision is bf16; a no-op for fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

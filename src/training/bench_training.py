@@ -43,6 +43,7 @@ from src.common.errors import CliArgumentParser, UserError, run_cli
 from src.common.logging_utils import setup_logging
 from src.common.models import load_sequence_classifier, load_tokenizer, resolve_model_source
 from src.common.paths import atomic_write_json, default_output_dir
+from src.common.roofline import matmul_roof
 from src.training.config import FinetuneConfig, parse_config
 from src.training.train_model import evaluate
 
@@ -136,25 +137,6 @@ def training_flops(model: torch.nn.Module, batches: Sequence[tuple[int, int, int
     return total
 
 
-def matmul_roof(dtype: torch.dtype, budget_s: float = 0.5) -> dict[str, float]:
-    """Measured GFLOP/s of torch.mm on transformer-sized shapes; the best is the roof.
-
-    Each shape repeats until `budget_s` has passed (at least once), so a dtype the CPU only emulates
-    (bf16 without AVX512-BF16/AMX is ~100x slower) costs seconds, not minutes.
-    """
-    rates = {}
-    for m, k, n in ROOF_SHAPES:
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        torch.mm(a, b)  # warm-up: kernel selection
-        repeats, start = 0, perf_counter()
-        while repeats == 0 or perf_counter() - start < budget_s:
-            torch.mm(a, b)
-            repeats += 1
-        rates[f"{m}x{k}x{n}"] = 2 * m * k * n * repeats / (perf_counter() - start) / 1e9
-    rates["roof"] = max(rates.values())
-    return rates
-
-
 def load_model(config: FinetuneConfig) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """The tokenizer and a freshly seeded sequence classifier, as train_model sets them up."""
     source = resolve_model_source(config.model)
@@ -182,7 +164,8 @@ def run_recipe(name: str, config: FinetuneConfig, steps: int, warmup: int, pad_t
     config.disable_tqdm = True
     config.logging_steps = steps
     trainer = Trainer(model=model, args=config, data_collator=counter, train_dataset=train_set, callbacks=[timer])
-    logger.info("%s: %d steps of batch %d, %s", name, steps, config.per_device_train_batch_size, config.resolved_precision)
+    batch, precision = config.per_device_train_batch_size, config.resolved_precision
+    logger.info("%s: %d steps of batch %d, %s", name, steps, batch, precision)
     trainer.train()
     if timer.start is None or timer.end is None:
         raise UserError(f"--steps must exceed the {warmup} warm-up steps")
@@ -305,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"time_to_accuracy_s: {reached:.1f}" if reached is not None else "time_to_accuracy_s: not reached")
         return 0 if reached is not None else 1
 
-    roof = {"fp32": matmul_roof(torch.float32), "bf16": matmul_roof(torch.bfloat16)}
+    roof = {"fp32": matmul_roof(torch.float32, ROOF_SHAPES), "bf16": matmul_roof(torch.bfloat16, ROOF_SHAPES)}
     seed_flags = [x for name, value in SEED_RECIPE.items() for x in (f"--{name}", str(value))]
     seed = run_recipe("seed", parse_config(common + seed_flags), args.steps, args.warmup_steps, pad_to=128)
     fast_config = parse_config(common + job_flags)

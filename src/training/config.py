@@ -1,8 +1,9 @@
-"""Configuration of the fine-tuning job: transformers' TrainingArguments plus our own options, with every
-default chosen for fast fine-tuning on a few CPU cores kept in this one class.
+"""Configuration of the fine-tuning jobs: transformers' TrainingArguments plus our own options.
 
-Flags come from `HfArgumentParser`, so every TrainingArguments flag works too. `--config FILE` (JSON or YAML)
-supplies values that the command line overrides.
+`JobConfig` holds what every job shares (precision, checkpoints and resume, the TrainingArguments defaults chosen
+for fast training on a few CPU cores); `FinetuneConfig` adds the sequence-classification job's options and
+`CausalLMConfig` (src/training/causal_lm_config.py) the causal-LM job's. Flags come from `HfArgumentParser`, so every
+TrainingArguments flag works too. `--config FILE` (JSON or YAML) supplies values that the command line overrides.
 """
 
 import copy
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -26,17 +27,11 @@ from src.common.errors import CliArgumentParser, UserError
 from src.common.models import DEFAULT_MODEL, resolve_model_source
 from src.common.paths import default_output_dir, resolve_user_path
 
-JOB_NAME = "train_model"
 CHECKPOINTS_SUBDIR = "checkpoints"  # <output_dir>/checkpoints/checkpoint-<step>: what --resume continues from
 MAX_LENGTH_RANGE = (8, 512)  # tokens; 512 is BERT's position-embedding limit
 
-# Fields that decide the trained weights: two runs that agree on these produce the same model.
-WEIGHT_DETERMINING_FIELDS = (
-    "model",
-    "data",
-    "max_length",
-    "max_train_samples",
-    "train_fraction",
+# Fields of every job that decide the trained weights: two runs that agree on these produce the same model.
+TRAINING_FIELDS = (
     "resolved_precision",
     "learning_rate",
     "lr_scheduler_type",
@@ -55,63 +50,19 @@ WEIGHT_DETERMINING_FIELDS = (
 
 
 @dataclass
-class FinetuneConfig(TrainingArguments):
-    """Fine-tune a sequence classifier on CPU.
+class JobConfig(TrainingArguments):
+    """What every fine-tuning job shares: precision, checkpoints and resume, and TrainingArguments re-defaulted for
+    fast training on a few CPU cores. Subclasses add their job's options and set `job_name`."""
 
-    Accepts every transformers TrainingArguments flag; the fields below add the job's own options and re-default
-    the library's for fast CPU training.
-    """
+    job_name: ClassVar[str] = "train_model"  # names the default output folder, outputs/<job_name>
+    # Job-specific fields (besides TRAINING_FIELDS) that decide the trained weights.
+    weight_fields: ClassVar[tuple[str, ...]] = ()
 
-    # --- What to train, on what ---
-    model: str = field(
-        default=DEFAULT_MODEL,
-        metadata={
-            "help": "Base model: builtin:all-MiniLM-L6-v2, a local directory with config.json, or a Hugging Face "
-            "Hub id (it must already be in the hub cache when HF_HUB_OFFLINE=1)."
-        },
-    )
-    data: str = field(
-        default=DEFAULT_DATA,
-        metadata={
-            "help": "Data: builtin:sentiment_small (shipped), a folder with train.tsv + dev.tsv (SST-2 format) or "
-            "train.jsonl + test.jsonl (text, label), or a Hub dataset id such as glue/sst2 (needs network or cache)."
-        },
-    )
-    max_length: int = field(
-        default=128,
-        metadata={
-            "help": "Truncate examples to this many tokens (8-512); each batch is padded to its longest example."
-        },
-    )
-    max_train_samples: int | None = field(
-        default=None,
-        metadata={"help": "Train on at most this many examples (a seeded random subset); default: all."},
-    )
-    max_eval_samples: int | None = field(
-        default=None,
-        metadata={"help": "Evaluate on at most this many validation examples (a seeded random subset); default: all."},
-    )
-    train_fraction: float | None = field(
-        default=None,
-        metadata={"help": "Train on this fraction in (0, 1] of the train split (seeded), e.g. 0.5; default: all."},
-    )
     precision: Literal["auto", "bf16", "fp32"] = field(
         default="auto",
         metadata={
             "help": "Compute precision: auto = bf16 autocast if the CPU has native bf16 (AVX512-BF16/AMX), else fp32."
         },
-    )
-    sample_text: str = field(
-        default="A gripping, beautifully acted film.",
-        metadata={"help": "Sentence classified by the fine-tuned model at the end, as a sample prediction."},
-    )
-    expect_min_accuracy: float | None = field(
-        default=None,
-        metadata={"help": "Quality gate: exit with code 3 if the final validation accuracy (0-1) is below this."},
-    )
-    save_model: bool = field(
-        default=True,
-        metadata={"help": "Save the fine-tuned model and tokenizer to <output_dir>/model."},
     )
     resolved_precision: str = field(
         default="fp32",
@@ -156,24 +107,9 @@ class FinetuneConfig(TrainingArguments):
         },
     )
     use_cpu: bool = field(default=True, metadata={"help": "Train on CPU (also what lets --bf16 work without a GPU)."})
-    learning_rate: float = field(
-        default=2e-4,
-        metadata={"help": "Peak AdamW learning rate; 2e-4 suits MiniLM at batch 64 (shipped set and SST-2)."},
-    )
     warmup_steps: float = field(
         default=0.1,
         metadata={"help": "Linear warmup: an integer number of steps, or a fraction in [0, 1) of all steps."},
-    )
-    per_device_train_batch_size: int = field(
-        default=64,
-        metadata={"help": "Examples per optimizer step. Larger batches amortise the per-step optimizer cost on CPU."},
-    )
-    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Examples per evaluation forward pass."})
-    num_train_epochs: float = field(
-        default=3.0,
-        metadata={
-            "help": "Passes over the training data; 3 take the shipped set from 0.45 to ~0.94 accuracy in ~20 s."
-        },
     )
     eval_strategy: IntervalStrategy | str = field(
         default="epoch",
@@ -217,7 +153,8 @@ class FinetuneConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         self.validate()
-        self.output_dir = str(resolve_user_path(self.output_dir) if self.output_dir else default_output_dir(JOB_NAME))
+        output_dir = self.output_dir
+        self.output_dir = str(resolve_user_path(output_dir) if output_dir else default_output_dir(self.job_name))
         # --bf16 on its own is read as a request for bf16; the precision decides, the CPU permits.
         requested = "bf16" if self.bf16 and self.precision == "auto" else self.precision
         self.resolved_precision = resolve_precision(requested, cpu_flags())
@@ -230,34 +167,28 @@ class FinetuneConfig(TrainingArguments):
     def validate(self) -> None:
         """Reject bad values before anything heavy is loaded, with a message that says what to do."""
         lr = self.learning_rate
-        _require(lr > 0, f"--learning_rate must be > 0, got {lr}; e.g. --learning_rate 1e-4")
+        require(lr > 0, f"--learning_rate must be > 0, got {lr}; e.g. --learning_rate 1e-4")
         for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-            _require(getattr(self, flag) >= 1, f"--{flag} must be >= 1, got {getattr(self, flag)}")
+            require(getattr(self, flag) >= 1, f"--{flag} must be >= 1, got {getattr(self, flag)}")
         for flag in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, flag)
-            _require(value is None or value >= 1, f"--{flag} must be >= 1, got {value}")
+            value = getattr(self, flag, None)
+            require(value is None or value >= 1, f"--{flag} must be >= 1, got {value}")
         epochs = self.num_train_epochs
-        _require(epochs > 0 or self.max_steps > 0, f"--num_train_epochs must be > 0 (or set --max_steps), got {epochs}")
-        low, high = MAX_LENGTH_RANGE
-        length = self.max_length
-        _require(low <= length <= high, f"--max_length must be in [{low}, {high}] tokens, got {length}")
-        fraction = self.train_fraction
-        _require(fraction is None or 0 < fraction <= 1, f"--train_fraction must be in (0, 1], got {fraction}")
-        gate = self.expect_min_accuracy
-        _require(gate is None or 0 <= gate <= 1, f"--expect_min_accuracy must be in [0, 1], got {gate}")
-        _require(bool(self.sample_text.strip()), "--sample_text must not be empty")
-        _require(not self.fp16, "--fp16 is not supported on CPU; use --precision bf16 (CPUs with native bf16) or fp32")
-        _require(not (self.bf16 and self.precision == "fp32"), "--bf16 contradicts --precision fp32; drop --bf16")
+        require(epochs > 0 or self.max_steps > 0, f"--num_train_epochs must be > 0 (or set --max_steps), got {epochs}")
+        require(not self.fp16, "--fp16 is not supported on CPU; use --precision bf16 (CPUs with native bf16) or fp32")
+        require(not (self.bf16 and self.precision == "fp32"), "--bf16 contradicts --precision fp32; drop --bf16")
         every = self.checkpoint_every
-        _require(every >= 0, f"--checkpoint_every must be >= 0 optimizer steps (0 = no checkpoints), got {every}")
-        _require(
+        require(every >= 0, f"--checkpoint_every must be >= 0 optimizer steps (0 = no checkpoints), got {every}")
+        require(
             not (every and _plain(self.save_strategy) != "no"),
             f"--checkpoint_every {every} already means --save_strategy steps --save_steps {every}; drop one of them",
         )
         limit = self.save_total_limit
-        _require(limit is None or limit >= 1, f"--save_total_limit must be >= 1 checkpoints, got {limit}")
-        find_local_files(self.data)  # a missing folder or one without the expected files
-        resolve_model_source(self.model)  # an unknown builtin, a missing directory, an uncached Hub id offline
+        require(limit is None or limit >= 1, f"--save_total_limit must be >= 1 checkpoints, got {limit}")
+        self.validate_job()
+
+    def validate_job(self) -> None:
+        """The job's own checks (subclasses); run by validate() before anything heavy is loaded."""
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -276,20 +207,20 @@ class FinetuneConfig(TrainingArguments):
         root = self.checkpoint_dir
         if self.resume:
             latest = latest_complete_checkpoint(root)
-            _require(
+            require(
                 latest is not None,
                 f"--resume: no complete checkpoint in {root}; run without --resume to start from scratch "
                 "(with --checkpoint_every N to save checkpoints)",
             )
             return str(latest.path)
-        _require(
+        require(
             not (self.saves_checkpoints and list_checkpoints(root)),
             f"{root} holds checkpoints of an earlier run; pass --resume to continue it, or delete that folder to "
             "start from scratch",
         )
         return None
 
-    def trainer_arguments(self) -> "FinetuneConfig":
+    def trainer_arguments(self) -> "JobConfig":
         """A copy for the Trainer, whose output_dir is where it saves checkpoints: <output_dir>/checkpoints, apart
         from model/ and metrics.json. Unchanged without checkpoints (the Trainer would create an empty folder)."""
         args = copy.copy(self)
@@ -299,10 +230,98 @@ class FinetuneConfig(TrainingArguments):
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that determine the trained weights, as plain JSON values (a cache key's input)."""
-        return {name: _plain(getattr(self, name)) for name in WEIGHT_DETERMINING_FIELDS}
+        return {name: _plain(getattr(self, name)) for name in (*self.weight_fields, *TRAINING_FIELDS)}
 
 
-def _require(ok: bool, message: str) -> None:
+
+@dataclass
+class FinetuneConfig(JobConfig):
+    """Fine-tune a sequence classifier on CPU.
+
+    Accepts every transformers TrainingArguments flag; the fields below add the job's own options (JobConfig
+    re-defaults the library's for fast CPU training).
+    """
+
+    job_name: ClassVar[str] = "train_model"
+    weight_fields: ClassVar[tuple[str, ...]] = ("model", "data", "max_length", "max_train_samples", "train_fraction")
+
+    # --- What to train, on what ---
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": "Base model: builtin:all-MiniLM-L6-v2, a local directory with config.json, or a Hugging Face "
+            "Hub id (it must already be in the hub cache when HF_HUB_OFFLINE=1)."
+        },
+    )
+    data: str = field(
+        default=DEFAULT_DATA,
+        metadata={
+            "help": "Data: builtin:sentiment_small (shipped), a folder with train.tsv + dev.tsv (SST-2 format) or "
+            "train.jsonl + test.jsonl (text, label), or a Hub dataset id such as glue/sst2 (needs network or cache)."
+        },
+    )
+    max_length: int = field(
+        default=128,
+        metadata={
+            "help": "Truncate examples to this many tokens (8-512); each batch is padded to its longest example."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Train on at most this many examples (a seeded random subset); default: all."},
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate on at most this many validation examples (a seeded random subset); default: all."},
+    )
+    train_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Train on this fraction in (0, 1] of the train split (seeded), e.g. 0.5; default: all."},
+    )
+    sample_text: str = field(
+        default="A gripping, beautifully acted film.",
+        metadata={"help": "Sentence classified by the fine-tuned model at the end, as a sample prediction."},
+    )
+    expect_min_accuracy: float | None = field(
+        default=None,
+        metadata={"help": "Quality gate: exit with code 3 if the final validation accuracy (0-1) is below this."},
+    )
+    save_model: bool = field(
+        default=True,
+        metadata={"help": "Save the fine-tuned model and tokenizer to <output_dir>/model."},
+    )
+
+    # --- TrainingArguments defaults for this job ---
+    learning_rate: float = field(
+        default=2e-4,
+        metadata={"help": "Peak AdamW learning rate; 2e-4 suits MiniLM at batch 64 (shipped set and SST-2)."},
+    )
+    per_device_train_batch_size: int = field(
+        default=64,
+        metadata={"help": "Examples per optimizer step. Larger batches amortise the per-step optimizer cost on CPU."},
+    )
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Examples per evaluation forward pass."})
+    num_train_epochs: float = field(
+        default=3.0,
+        metadata={
+            "help": "Passes over the training data; 3 take the shipped set from 0.45 to ~0.94 accuracy in ~20 s."
+        },
+    )
+
+    def validate_job(self) -> None:
+        low, high = MAX_LENGTH_RANGE
+        length = self.max_length
+        require(low <= length <= high, f"--max_length must be in [{low}, {high}] tokens, got {length}")
+        fraction = self.train_fraction
+        require(fraction is None or 0 < fraction <= 1, f"--train_fraction must be in (0, 1], got {fraction}")
+        gate = self.expect_min_accuracy
+        require(gate is None or 0 <= gate <= 1, f"--expect_min_accuracy must be in [0, 1], got {gate}")
+        require(bool(self.sample_text.strip()), "--sample_text must not be empty")
+        find_local_files(self.data)  # a missing folder or one without the expected files
+        resolve_model_source(self.model)  # an unknown builtin, a missing directory, an uncached Hub id offline
+
+
+def require(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
 
@@ -316,7 +335,7 @@ class _ArgumentParser(HfArgumentParser, CliArgumentParser):
     """HfArgumentParser whose bad-flag errors are UserErrors (one line, exit 2)."""
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
+def read_config_file(path: str | Path, config_class: type[JobConfig] | None = None) -> dict[str, Any]:
     """Flag values from a JSON or YAML file: a mapping of flag names (without --) to values."""
     path = resolve_user_path(path)
     try:
@@ -331,7 +350,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {message}") from None
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a mapping of flag names to values")
-    known = {f.name for f in dataclasses.fields(FinetuneConfig) if f.init}
+    known = {f.name for f in dataclasses.fields(config_class or FinetuneConfig) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"config file {path} has unknown keys: {', '.join(unknown)}")
@@ -353,14 +372,17 @@ def _as_flags(values: dict[str, Any]) -> list[str]:
     return tokens
 
 
-def build_parser() -> HfArgumentParser:
-    parser = _ArgumentParser(
-        FinetuneConfig,
-        prog="train_model",
-        description="Fine-tune a sequence classifier on CPU and report its quality before and after. "
-        "Every transformers TrainingArguments flag is accepted.",
-        allow_abbrev=False,
-    )
+CLASSIFIER_DESCRIPTION = (
+    "Fine-tune a sequence classifier on CPU and report its quality before and after. "
+    "Every transformers TrainingArguments flag is accepted. --task causal-lm switches to causal-LM "
+    "instruction tuning (see --task causal-lm --help)."
+)
+
+
+def build_parser(
+    config_class: type[JobConfig] | None = None, prog: str = "train_model", description: str = CLASSIFIER_DESCRIPTION
+) -> HfArgumentParser:
+    parser = _ArgumentParser(config_class or FinetuneConfig, prog=prog, description=description, allow_abbrev=False)
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -369,16 +391,20 @@ def build_parser() -> HfArgumentParser:
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None) -> FinetuneConfig:
-    """Parse flags (and an optional --config file) into a validated FinetuneConfig; UserError if anything is off."""
+def parse_config(argv: Sequence[str] | None = None, parser: HfArgumentParser | None = None) -> JobConfig:
+    """Parse flags (and an optional --config file) into a validated config; UserError if anything is off.
+
+    `parser` (from build_parser) picks the job; the default is the sequence-classification job's FinetuneConfig.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = parser or build_parser()
+    config_class = parser.dataclass_types[0]
 
     config_only = CliArgumentParser(add_help=False, allow_abbrev=False)
     config_only.add_argument("--config")
     config_path = config_only.parse_known_args(argv)[0].config
     if config_path:
-        file_values = read_config_file(config_path)
+        file_values = read_config_file(config_path, config_class)
         # null in the file means "None"; it cannot be spelled as a flag, so it becomes a default instead.
         parser.set_defaults(**{k: v for k, v in file_values.items() if v is None})
         argv = _as_flags({k: v for k, v in file_values.items() if v is not None}) + argv
@@ -386,6 +412,6 @@ def parse_config(argv: Sequence[str] | None = None) -> FinetuneConfig:
     values = vars(parser.parse_args(argv))
     values.pop("config")
     try:
-        return FinetuneConfig(**values)
+        return config_class(**values)
     except ValueError as e:  # TrainingArguments' own checks, e.g. an inconsistent strategy combination
         raise UserError(f"invalid training arguments: {' '.join(str(e).split())}") from None

@@ -1,6 +1,7 @@
 """Fine-tune a sequence classifier on CPU and report its quality before and after.
 
     python -m src.training.train_model [--model M] [--data D] [--config FILE] [any TrainingArguments flag]
+    python -m src.training.train_model --task causal-lm [...]   (instruction tuning: src/training/causal_lm.py)
 
 The recipe, top to bottom: setup (threads, precision, tokenizer, model, data, tokenize once) -> evaluate
 before -> train (Trainer, dynamic padding, length-grouped batches; checkpoints with --checkpoint_every N, continued
@@ -9,10 +10,8 @@ with --resume) -> evaluate after -> save -> report (summary table, metrics.json,
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 the --expect_min_accuracy quality gate failed.
 """
 
-import contextlib
 import logging
 import platform
-import resource
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader
 from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from src.common.checkpoints import ResumableTrainer, checkpoint_step, latest_complete_checkpoint
-from src.common.cpu import configure_threads
+from src.common.cpu import autocast, configure_threads, peak_rss_mib
 from src.common.data import (
     ID2LABEL,
     LABEL2ID,
@@ -39,13 +38,14 @@ from src.common.data import (
     load_data,
     tokenize,
 )
-from src.common.errors import run_cli
+from src.common.errors import CliArgumentParser, run_cli
 from src.common.logging_utils import setup_logging
 from src.common.metrics import classification_metrics, format_confusion_matrix
 from src.common.models import load_sequence_classifier, load_tokenizer, resolve_model_source
 from src.common.paths import atomic_dir, atomic_write_json
 from src.common.plots import plot_training_curves
 from src.common.training_logs import EvalHistory, EvalHistoryCallback, ThroughputCallback
+from src.training import causal_lm
 from src.training.config import FinetuneConfig, parse_config
 
 logger = logging.getLogger(__name__)
@@ -64,11 +64,6 @@ class Evaluation:
     loss: float  # mean cross-entropy per example
     seconds: float
     examples: int
-
-
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU when the resolved precision is bf16; a no-op for fp32."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @torch.inference_mode()
@@ -124,11 +119,6 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return path
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(config: FinetuneConfig) -> dict[str, Any]:
@@ -285,7 +275,21 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+TASKS = ("sequence-classification", "causal-lm")
+
+
+def split_task(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """The --task value (default sequence-classification) and the remaining flags, which belong to that task."""
+    task_only = CliArgumentParser(add_help=False, allow_abbrev=False)
+    task_only.add_argument("--task", choices=TASKS, default=TASKS[0])
+    known, rest = task_only.parse_known_args(argv)
+    return known.task, rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    task, argv = split_task(sys.argv[1:] if argv is None else argv)
+    if task == "causal-lm":
+        return causal_lm.main(argv)
     setup_logging()
     config = parse_config(argv)
     report = run(config)
