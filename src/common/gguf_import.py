@@ -106,8 +106,15 @@ def import_gguf(gguf_path: str | os.PathLike, store_root: Path | None = None) ->
 
     logger.info("importing GGUF %s into %s (once; de-quantizing takes a while)", source, entry)
     start = perf_counter()
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".gguf-copy-") as scratch:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        scratch_dir = tempfile.TemporaryDirectory(dir=root, prefix=".gguf-copy-")
+    except OSError as e:
+        raise UserError(
+            f"cannot write the GGUF import store {root}: {e.strerror}; "
+            f"set {STORE_ENV} (or HF_HOME) to a writable folder"
+        ) from None
+    with scratch_dir as scratch:
         copy = Path(scratch) / source.name
         shutil.copyfile(source, copy)
         dropped = repair_metadata(copy)

@@ -39,7 +39,8 @@ RESULT_FILE = "bench_causal_lm.json"
 SEQ_LEN = 256  # tokens per sequence, as the issue measures
 MICRO_BATCH = 4  # sequences per forward/backward
 STEPS = 3  # timed optimizer steps per variant (after one warm-up step)
-BF16_EMULATED_STEPS = 1  # without native bf16, a bf16 step takes minutes: time just one
+# Without native bf16 a bf16 matmul is emulated ~100x slower than fp32: time one un-warmed step of one sequence.
+BF16_EMULATED = {"steps": 1, "micro_batch": 1, "warmup": 0}
 ALPACA = "../shared/data/alpaca_en_demo/alpaca_en_demo.json"  # relative to where `bazel run` starts
 PERPLEXITY_TARGET = 0.85  # after / before on the held-out split: at least 15% lower
 # variant -> (method, precision)
@@ -59,19 +60,28 @@ def roof_shapes(config, rows: int) -> list[tuple[int, int, int]]:
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int, method: str) -> float:
-    """Training FLOPs per token. Forward: 2 x linear weights (LM head included) + attention (QK^T and AV,
-    4 x layers x seq x hidden). Backward: the input gradients cost one forward again; full fine-tuning also
-    computes weight gradients (one more); LoRA only the adapters' (counted in their linear weights)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
-    linear = sum(m.in_features * m.out_features for m in base.modules() if isinstance(m, torch.nn.Linear))
+    """Training FLOPs per token.
+
+    Forward: 2 x the base's linear weights (LM head included) + attention (QK^T and AV: 4 x layers x seq x hidden).
+    Backward: input gradients cost one forward again; full fine-tuning also computes weight gradients (one more
+    forward's worth), LoRA only its adapters' (2 x their weights each way: 6 x adapter weights in all).
+    """
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    linear = adapters = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            if "lora_" in name:
+                adapters += module.weight.numel()
+            else:
+                linear += module.weight.numel()
     attention = 4 * config.num_hidden_layers * seq_len * config.hidden_size
     forward = 2 * linear + attention
-    return forward * (3 if method == "full" else 2)
+    return forward * (3 if method == "full" else 2) + 6 * adapters
 
 
-def worker(variant: str, source: str, seq_len: int, micro_batch: int, steps: int) -> dict[str, Any]:
-    """One variant, in this process: tokens/s over `steps` optimizer steps and the process's peak RSS."""
+def worker(variant: str, source: str, seq_len: int, micro_batch: int, steps: int, warmup: int) -> dict[str, Any]:
+    """One variant, in this process: tokens/s over `steps` optimizer steps (after `warmup` untimed ones) and the
+    process's peak RSS."""
     method, precision = VARIANTS[variant]
     lowmem = variant.endswith("_lowmem")
     accumulation = micro_batch if lowmem else 1
@@ -98,12 +108,13 @@ def worker(variant: str, source: str, seq_len: int, micro_batch: int, steps: int
         optimizer.zero_grad(set_to_none=True)
         return float(loss)
 
-    step()  # warm-up: allocations, kernel selection
+    for _ in range(warmup):  # allocations, kernel selection
+        step()
     start = perf_counter()
     for _ in range(steps):
         loss = step()
     seconds = perf_counter() - start
-    tokens = steps * micro_batch * seq_len
+    tokens = steps * micro * accumulation * seq_len
     return {
         "variant": variant, "method": method, "precision": precision, "micro_batch": micro,
         "gradient_accumulation": accumulation, "gradient_checkpointing": lowmem, "steps": steps,
@@ -113,10 +124,11 @@ def worker(variant: str, source: str, seq_len: int, micro_batch: int, steps: int
     }  # fmt: skip
 
 
-def run_variant(variant: str, source: str, seq_len: int, micro_batch: int, steps: int) -> dict[str, Any]:
+def run_variant(variant: str, source: str, seq_len: int, micro_batch: int, steps: int, warmup: int) -> dict[str, Any]:
     """worker() in a fresh process, so peak RSS is the variant's own."""
     command = [sys.executable, "-m", "src.training.bench_causal_lm", "--worker", variant, "--model", source,
-               "--seq_len", str(seq_len), "--micro_batch", str(micro_batch), "--steps", str(steps)]  # fmt: skip
+               "--seq_len", str(seq_len), "--micro_batch", str(micro_batch), "--steps", str(steps),
+               "--warmup", str(warmup)]  # fmt: skip
     logger.info("variant %s: %d steps of %d x %d tokens", variant, steps, micro_batch, seq_len)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -161,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpaca", default=ALPACA, help="The instruction file for --perplexity (%(default)s).")
     parser.add_argument("--perplexity_args", default="", help="Extra flags for the --perplexity job, one string.")
     parser.add_argument("--output_dir", help=f"Where {RESULT_FILE} goes (default: ./outputs/{JOB_NAME}).")
+    parser.add_argument("--warmup", type=int, default=1, help="Untimed optimizer steps first (%(default)s).")
     parser.add_argument("--worker", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     return parser
 
@@ -170,8 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("seq_len", "micro_batch", "steps"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if args.worker:  # a subprocess of run_variant: one JSON line on stdout
-        print(json.dumps(worker(args.worker, args.model, args.seq_len, args.micro_batch, args.steps)))
+        print(json.dumps(worker(args.worker, args.model, args.seq_len, args.micro_batch, args.steps, args.warmup)))
         return 0
 
     setup_logging()
@@ -194,8 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = []
     for variant in variants:
-        steps = args.steps if native_bf16 or VARIANTS[variant][1] != "bf16" else BF16_EMULATED_STEPS
-        result = run_variant(variant, source, args.seq_len, args.micro_batch, steps)
+        emulated = VARIANTS[variant][1] == "bf16" and not native_bf16
+        shape = BF16_EMULATED if emulated else {"steps": args.steps, "micro_batch": args.micro_batch,
+                                                "warmup": args.warmup}
+        result = run_variant(variant, source, args.seq_len, **shape) | {"emulated_bf16": emulated}
         result["gflops"] = result["tokens_per_second"] * result["flops_per_token"] / 1e9
         result["roof_fraction"] = result["gflops"] / roof[result["precision"]]["roof"]
         results.append(result)

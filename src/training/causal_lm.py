@@ -205,6 +205,7 @@ def run(config: CausalLMConfig) -> dict[str, Any]:
     collator = CausalLMCollator(tokenizer.pad_token_id)
     set_seed(config.seed)  # LoRA's A matrices are randomly initialised
     model, parameters = prepare_model(config, source)
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
     logger.info("%d of %d parameters trainable (%.2f%%)", parameters["trainable"], parameters["total"],
                 100 * parameters["trainable"] / parameters["total"])
     setup_seconds = perf_counter() - started

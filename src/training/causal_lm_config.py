@@ -118,6 +118,13 @@ class CausalLMConfig(JobConfig):
     eval_strategy: str = field(
         default="no", metadata={"help": "Held-out loss is measured before and after training; no, steps or epoch."}
     )
+    activation_checkpointing_kwargs: dict | str | None = field(
+        default_factory=lambda: {"use_reentrant": False},
+        metadata={
+            "help": "With --activation_checkpointing (recompute activations in backward: less memory, slower): "
+            "non-reentrant checkpointing, which works with frozen base weights."
+        },
+    )
     logging_steps: float = field(default=2, metadata={"help": "Log the training loss every this many optimizer steps."})
 
     def validate_job(self) -> None:

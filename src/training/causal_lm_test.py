@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from src.common.gguf_import import STORE_ENV
 from src.common.testing import run_cli_captured, stories260k_gguf
 from src.training import causal_lm, generate, train_model
 
@@ -28,7 +29,7 @@ class CausalLMTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp())
-        cls.env = mock.patch.dict(os.environ, {"HF_HOME": str(cls.tmp / "hf_home")})
+        cls.env = mock.patch.dict(os.environ, {"HF_HOME": str(cls.tmp / "hf_home"), STORE_ENV: str(cls.tmp / "gguf")})
         cls.env.start()
         cls.model = str(stories260k_gguf())
 
