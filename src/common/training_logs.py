@@ -1,4 +1,5 @@
-"""What a Trainer run reports while it runs: examples/s in the progress logs, every evaluation in a JSON file."""
+"""What a Trainer run reports while it runs: examples/s in the progress bar and logs, every evaluation in a JSON
+file."""
 
 import json
 import logging
@@ -8,7 +9,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from transformers import TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from src.common.paths import atomic_write_json
 
@@ -37,6 +39,27 @@ class ThroughputCallback(TrainerCallback):
             return
         steps, seconds = state.global_step - self.start_step, perf_counter() - self.start_time
         logs["examples_per_second"] = round(steps * examples_per_step(args) / seconds, 1)
+
+
+class ExamplesProgressCallback(ProgressCallback):
+    """The Trainer's progress bar (steps, elapsed, ETA) with training examples/s since this run started."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self.start_time, self.start_step = perf_counter(), state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        seconds = perf_counter() - self.start_time
+        if self.training_bar is not None and seconds > 0:
+            rate = (state.global_step - self.start_step) * examples_per_step(args) / seconds
+            self.training_bar.set_postfix_str(f"{rate:.1f} examples/s", refresh=False)
+
+
+def show_examples_per_second(trainer: Trainer) -> None:
+    """Swap the Trainer's progress bar for one that shows examples/s (no-op with --disable_tqdm)."""
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ExamplesProgressCallback())
 
 
 class EvalHistory:

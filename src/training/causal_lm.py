@@ -45,7 +45,7 @@ from src.common.logging_utils import setup_logging
 from src.common.models import load_causal_lm, load_tokenizer, local_model_dir, resolve_model_source
 from src.common.paths import atomic_dir, atomic_write_json
 from src.common.plots import plot_training_curves
-from src.common.training_logs import ThroughputCallback
+from src.common.training_logs import ThroughputCallback, show_examples_per_second
 from src.training.causal_lm_config import CausalLMConfig, build_causal_lm_parser
 from src.training.config import parse_config
 
@@ -224,6 +224,7 @@ def run(config: CausalLMConfig) -> dict[str, Any]:
         processing_class=tokenizer,
         callbacks=[ThroughputCallback()],
     )
+    show_examples_per_second(trainer)
     train_start = perf_counter()
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = perf_counter() - train_start

@@ -44,7 +44,12 @@ from src.common.metrics import classification_metrics, format_confusion_matrix
 from src.common.models import load_sequence_classifier, load_tokenizer, resolve_model_source
 from src.common.paths import atomic_dir, atomic_write_json
 from src.common.plots import plot_training_curves
-from src.common.training_logs import EvalHistory, EvalHistoryCallback, ThroughputCallback
+from src.common.training_logs import (
+    EvalHistory,
+    EvalHistoryCallback,
+    ThroughputCallback,
+    show_examples_per_second,
+)
 from src.training import causal_lm
 from src.training.config import FinetuneConfig, parse_config
 
@@ -169,6 +174,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         compute_metrics=trainer_metrics,
         callbacks=[ThroughputCallback(), EvalHistoryCallback(history)],
     )
+    show_examples_per_second(trainer)
     train_start = perf_counter()
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = perf_counter() - train_start
