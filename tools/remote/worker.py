@@ -1,0 +1,550 @@
+"""A small Remote Workers API worker for BuildGrid (or any RWAPI server).
+
+One worker runs one action at a time:
+
+1. CreateBotSession with the worker's platform properties (OSFamily=Linux, ...),
+   then a loop of UpdateBotSession (a long poll while idle, a heartbeat every few
+   seconds while busy, so the server's bot keepalive never expires).
+2. A lease carries an Action (or its digest). The worker fetches the Command and
+   the input tree from CAS (BatchReadBlobs; ByteStream for large blobs) and
+   materialises the tree in a fresh directory of its own (executable bits and
+   symlinks kept).
+3. It runs the command with exactly the action's environment, working directory
+   and timeout, then uploads the outputs (files; directories as Tree messages),
+   stdout and stderr, and completes the lease with an ActionResult: a command
+   that exits non-zero is an OK lease with that exit code; a timeout is
+   DEADLINE_EXCEEDED; a failure of the worker itself (CAS, disk) is INTERNAL, which
+   the server retries on another worker.
+
+Run it from the deployment's venv (tools/remote/selfhosted.sh does):
+    python -m tools.remote.worker --server grpc://127.0.0.1:50051 --instance main --work-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import grpc
+from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from buildgrid._protos.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
+from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc, worker_pb2
+from buildgrid._protos.google.rpc import code_pb2, status_pb2
+
+LOG = logging.getLogger("worker")
+
+# --- Defaults (one place) ---------------------------------------------------------
+DEFAULT_SERVER = "grpc://127.0.0.1:50051"
+DEFAULT_INSTANCE = "main"
+# Properties this worker offers. BuildGrid matches jobs on the keys its property
+# set lists as match keys (OSFamily here); container-image and ISA are wildcard
+# keys: accepted, not matched. This worker runs actions natively, not in the image.
+DEFAULT_PROPERTIES = ("OSFamily=Linux",)
+# Must not exceed the server's bot-session-keepalive-timeout: an idle long poll
+# lasts 80% of it, a busy worker sends a heartbeat every BUSY_HEARTBEAT_S.
+DEFAULT_POLL_TIMEOUT_S = 10.0
+BUSY_HEARTBEAT_S = 2.0
+# Blobs up to this size go through BatchReadBlobs/BatchUpdateBlobs (BuildGrid's
+# request limit is 4 MiB); larger ones through ByteStream in chunks.
+BATCH_LIMIT_BYTES = 2 * 1024 * 1024
+BYTESTREAM_CHUNK_BYTES = 1024 * 1024
+GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Grace period between SIGTERM and SIGKILL for a command that ran past its timeout.
+KILL_GRACE_S = 5.0
+
+
+def digest_of(data: bytes) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+
+
+def digest_key(digest: re_pb2.Digest) -> tuple[str, int]:
+    return (digest.hash, digest.size_bytes)
+
+
+class Cas:
+    """Reads and writes blobs of one instance: batch calls for small blobs, ByteStream for large ones."""
+
+    def __init__(self, channel: grpc.Channel, instance: str) -> None:
+        self._instance = instance
+        self._cas = re_grpc.ContentAddressableStorageStub(channel)
+        self._bytestream = bytestream_pb2_grpc.ByteStreamStub(channel)
+
+    def read(self, digests: Iterable[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
+        """Returns every blob's content by (hash, size); raises if one is missing."""
+        unique = {digest_key(d): d for d in digests}
+        blobs: dict[tuple[str, int], bytes] = {}
+        batch: list[re_pb2.Digest] = []
+        batch_bytes = 0
+        for key, digest in unique.items():
+            if digest.size_bytes == 0:
+                blobs[key] = b""
+            elif digest.size_bytes > BATCH_LIMIT_BYTES:
+                blobs[key] = self._read_stream(digest)
+            else:
+                if batch and batch_bytes + digest.size_bytes > BATCH_LIMIT_BYTES:
+                    blobs.update(self._read_batch(batch))
+                    batch, batch_bytes = [], 0
+                batch.append(digest)
+                batch_bytes += digest.size_bytes
+        if batch:
+            blobs.update(self._read_batch(batch))
+        return blobs
+
+    def read_message(self, digest: re_pb2.Digest, message_type: type) -> object:
+        message = message_type()
+        message.ParseFromString(self.read([digest])[digest_key(digest)])
+        return message
+
+    def _read_batch(self, digests: list[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
+        request = re_pb2.BatchReadBlobsRequest(instance_name=self._instance, digests=digests)
+        response = self._cas.BatchReadBlobs(request)
+        blobs = {}
+        for entry in response.responses:
+            if entry.status.code != code_pb2.OK:
+                raise RuntimeError(f"CAS read of {entry.digest.hash}/{entry.digest.size_bytes}: {entry.status.message or entry.status.code}")
+            blobs[digest_key(entry.digest)] = entry.data
+        return blobs
+
+    def _read_stream(self, digest: re_pb2.Digest) -> bytes:
+        prefix = f"{self._instance}/" if self._instance else ""
+        request = bytestream_pb2.ReadRequest(resource_name=f"{prefix}blobs/{digest.hash}/{digest.size_bytes}")
+        return b"".join(chunk.data for chunk in self._bytestream.Read(request))
+
+    def upload(self, blobs: dict[tuple[str, int], bytes]) -> None:
+        """Uploads the blobs the server does not have yet."""
+        digests = [re_pb2.Digest(hash=h, size_bytes=s) for h, s in blobs]
+        missing = self._cas.FindMissingBlobs(
+            re_pb2.FindMissingBlobsRequest(instance_name=self._instance, blob_digests=digests)
+        ).missing_blob_digests
+        batch: list[re_pb2.BatchUpdateBlobsRequest.Request] = []
+        batch_bytes = 0
+        for digest in missing:
+            data = blobs[digest_key(digest)]
+            if len(data) > BATCH_LIMIT_BYTES:
+                self._write_stream(digest, data)
+                continue
+            if batch and batch_bytes + len(data) > BATCH_LIMIT_BYTES:
+                self._write_batch(batch)
+                batch, batch_bytes = [], 0
+            batch.append(re_pb2.BatchUpdateBlobsRequest.Request(digest=digest, data=data))
+            batch_bytes += len(data)
+        if batch:
+            self._write_batch(batch)
+
+    def _write_batch(self, requests: list[re_pb2.BatchUpdateBlobsRequest.Request]) -> None:
+        response = self._cas.BatchUpdateBlobs(
+            re_pb2.BatchUpdateBlobsRequest(instance_name=self._instance, requests=requests)
+        )
+        for entry in response.responses:
+            if entry.status.code != code_pb2.OK:
+                raise RuntimeError(f"CAS write of {entry.digest.hash}: {entry.status.message or entry.status.code}")
+
+    def _write_stream(self, digest: re_pb2.Digest, data: bytes) -> None:
+        prefix = f"{self._instance}/" if self._instance else ""
+        resource = f"{prefix}uploads/{uuid.uuid4()}/blobs/{digest.hash}/{digest.size_bytes}"
+
+        def chunks() -> Iterator[bytestream_pb2.WriteRequest]:
+            offset = 0
+            while True:
+                end = min(offset + BYTESTREAM_CHUNK_BYTES, len(data))
+                yield bytestream_pb2.WriteRequest(
+                    resource_name=resource if offset == 0 else "",
+                    write_offset=offset,
+                    data=data[offset:end],
+                    finish_write=end == len(data),
+                )
+                offset = end
+                if offset >= len(data):
+                    return
+
+        self._bytestream.Write(chunks())
+
+
+# --- Input tree -------------------------------------------------------------------
+
+
+def fetch_directories(cas: Cas, root: re_pb2.Digest) -> dict[tuple[str, int], re_pb2.Directory]:
+    """All Directory messages of the tree under `root`, fetched level by level."""
+    directories: dict[tuple[str, int], re_pb2.Directory] = {}
+    level = [root]
+    while level:
+        blobs = cas.read(d for d in level if digest_key(d) not in directories)
+        next_level = []
+        for key, data in blobs.items():
+            directory = re_pb2.Directory()
+            directory.ParseFromString(data)
+            directories[key] = directory
+            next_level.extend(child.digest for child in directory.directories)
+        level = [d for d in next_level if digest_key(d) not in directories]
+    return directories
+
+
+def materialise(
+    root: re_pb2.Digest,
+    directories: dict[tuple[str, int], re_pb2.Directory],
+    blobs: dict[tuple[str, int], bytes],
+    target: Path,
+) -> None:
+    """Writes the tree under `root` into `target` (created): files with their
+    executable bit, symlinks as symlinks, empty directories too."""
+    target.mkdir(parents=True, exist_ok=True)
+    directory = directories[digest_key(root)]
+    for node in directory.files:
+        path = safe_child(target, node.name)
+        path.write_bytes(blobs[digest_key(node.digest)])
+        path.chmod(0o755 if node.is_executable else 0o644)
+    for link in directory.symlinks:
+        os.symlink(link.target, safe_child(target, link.name))
+    for child in directory.directories:
+        materialise(child.digest, directories, blobs, safe_child(target, child.name))
+
+
+def safe_child(parent: Path, name: str) -> Path:
+    if not name or name in (".", "..") or "/" in name:
+        raise ValueError(f"invalid path component in the input tree: {name!r}")
+    return parent / name
+
+
+def file_digests(directories: Iterable[re_pb2.Directory]) -> list[re_pb2.Digest]:
+    return [node.digest for directory in directories for node in directory.files]
+
+
+# --- Outputs ----------------------------------------------------------------------
+
+
+@dataclass
+class Outputs:
+    """An ActionResult's output fields, plus the blobs they reference."""
+
+    files: list[re_pb2.OutputFile] = field(default_factory=list)
+    directories: list[re_pb2.OutputDirectory] = field(default_factory=list)
+    blobs: dict[tuple[str, int], bytes] = field(default_factory=dict)
+
+    def add_blob(self, data: bytes) -> re_pb2.Digest:
+        digest = digest_of(data)
+        self.blobs[digest_key(digest)] = data
+        return digest
+
+
+def is_executable(path: Path) -> bool:
+    return bool(path.stat().st_mode & stat.S_IXUSR)
+
+
+def directory_message(path: Path, outputs: Outputs, tree: list[re_pb2.Directory]) -> re_pb2.Directory:
+    """The Directory message of `path` (symlinks followed), adding its children to `tree`."""
+    directory = re_pb2.Directory()
+    for entry in sorted(path.iterdir(), key=lambda p: p.name):
+        if entry.is_dir():
+            child = directory_message(entry, outputs, tree)
+            tree.append(child)
+            directory.directories.add(name=entry.name, digest=digest_of(child.SerializeToString()))
+        elif entry.is_file():
+            digest = outputs.add_blob(entry.read_bytes())
+            directory.files.add(name=entry.name, digest=digest, is_executable=is_executable(entry))
+        else:
+            LOG.warning("output %s is neither a file nor a directory (dangling link?); skipped", entry)
+    return directory
+
+
+def collect_outputs(working_dir: Path, command: re_pb2.Command) -> Outputs:
+    """Collects the command's declared outputs that exist (missing ones are the client's business)."""
+    outputs = Outputs()
+    paths = list(command.output_paths) or [*command.output_files, *command.output_directories]
+    for relative in paths:
+        path = working_dir / relative
+        if path.is_file():
+            digest = outputs.add_blob(path.read_bytes())
+            outputs.files.append(re_pb2.OutputFile(path=relative, digest=digest, is_executable=is_executable(path)))
+        elif path.is_dir():
+            children: list[re_pb2.Directory] = []
+            root = directory_message(path, outputs, children)
+            tree = re_pb2.Tree(root=root, children=children)
+            tree_digest = outputs.add_blob(tree.SerializeToString())
+            outputs.directories.append(re_pb2.OutputDirectory(path=relative, tree_digest=tree_digest))
+    return outputs
+
+
+# --- Running one action ------------------------------------------------------------
+
+
+@dataclass
+class Execution:
+    """What running one action produced: the lease's status and ActionResult."""
+
+    status: status_pb2.Status
+    result: re_pb2.ActionResult
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def run_command(command: re_pb2.Command, cwd: Path, timeout_s: float | None, log_dir: Path) -> tuple[int, bool, bytes, bytes]:
+    """Runs the command in its own process group; returns (exit code, timed out, stdout, stderr)."""
+    env = {variable.name: variable.value for variable in command.environment_variables}
+    stdout_path, stderr_path = log_dir / "stdout", log_dir / "stderr"
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            list(command.arguments),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            exit_code = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                exit_code = process.wait(timeout=KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                exit_code = process.wait()
+    return exit_code, timed_out, stdout_path.read_bytes(), stderr_path.read_bytes()
+
+
+def execute(cas: Cas, action: re_pb2.Action, action_dir: Path, worker_name: str) -> Execution:
+    """Fetches, materialises, runs and uploads one action; `action_dir` must not exist."""
+    metadata = re_pb2.ExecutedActionMetadata(worker=worker_name)
+    metadata.worker_start_timestamp.FromDatetime(now_utc())
+
+    metadata.input_fetch_start_timestamp.FromDatetime(now_utc())
+    command = cas.read_message(action.command_digest, re_pb2.Command)
+    assert isinstance(command, re_pb2.Command)
+    directories = fetch_directories(cas, action.input_root_digest)
+    blobs = cas.read(file_digests(directories.values()))
+    input_root = action_dir / "root"
+    materialise(action.input_root_digest, directories, blobs, input_root)
+    working_dir = input_root / command.working_directory
+    for relative in [*command.output_paths, *command.output_files, *command.output_directories]:
+        (working_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+    metadata.input_fetch_completed_timestamp.FromDatetime(now_utc())
+
+    timeout_s = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else None
+    LOG.info("running %s (timeout %s s) in %s", " ".join(command.arguments[:3]), timeout_s, working_dir)
+    metadata.execution_start_timestamp.FromDatetime(now_utc())
+    exit_code, timed_out, stdout, stderr = run_command(command, working_dir, timeout_s or None, action_dir)
+    metadata.execution_completed_timestamp.FromDatetime(now_utc())
+
+    metadata.output_upload_start_timestamp.FromDatetime(now_utc())
+    outputs = collect_outputs(working_dir, command)
+    result = re_pb2.ActionResult(
+        exit_code=exit_code,
+        output_files=outputs.files,
+        output_directories=outputs.directories,
+        stdout_digest=outputs.add_blob(stdout),
+        stderr_digest=outputs.add_blob(stderr),
+    )
+    cas.upload(outputs.blobs)
+    metadata.output_upload_completed_timestamp.FromDatetime(now_utc())
+    metadata.worker_completed_timestamp.FromDatetime(now_utc())
+    result.execution_metadata.CopyFrom(metadata)
+
+    if timed_out:
+        status = status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED, message=f"action timed out after {timeout_s} s")
+    else:
+        status = status_pb2.Status(code=code_pb2.OK)
+    return Execution(status=status, result=result)
+
+
+# --- The bot session ---------------------------------------------------------------
+
+
+@dataclass
+class RunningLease:
+    lease_id: str
+    thread: threading.Thread
+    execution: Execution | None = None
+
+
+class Worker:
+    def __init__(self, channel: grpc.Channel, instance: str, name: str, properties: dict[str, str],
+                 work_dir: Path, poll_timeout_s: float, keep_dirs: bool) -> None:
+        self._bots = bots_pb2_grpc.BotsStub(channel)
+        self._cas = Cas(channel, instance)
+        self._instance = instance
+        self._name = name
+        self._properties = properties
+        self._work_dir = work_dir
+        self._poll_timeout_s = poll_timeout_s
+        self._keep_dirs = keep_dirs
+        self._running: RunningLease | None = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _new_session(self) -> bots_pb2.BotSession:
+        device = worker_pb2.Device(
+            handle=self._name,
+            properties=[worker_pb2.Device.Property(key=k, value=v) for k, v in self._properties.items()],
+        )
+        worker = worker_pb2.Worker(devices=[device], configs=[worker_pb2.Worker.Config(key="capacity", value="1")])
+        session = self._bots.CreateBotSession(
+            bots_pb2.CreateBotSessionRequest(
+                parent=self._instance,
+                bot_session=bots_pb2.BotSession(bot_id=self._name, status=bots_pb2.OK, worker=worker),
+            ),
+            timeout=self._poll_timeout_s,
+        )
+        LOG.info("bot session %s created with properties %s", session.name, self._properties)
+        return session
+
+    def run(self) -> None:
+        session = self._new_session()
+        while not self._stop.is_set():
+            session = self._handle_leases(session)
+            busy = self._running is not None
+            try:
+                session = self._bots.UpdateBotSession(
+                    bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
+                    timeout=self._poll_timeout_s,
+                )
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue
+                if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    # The server forgot this session (restart, or it expired): start a new one.
+                    LOG.warning("bot session lost (%s); creating a new one", error.details())
+                    session = self._new_session()
+                    continue
+                LOG.warning("UpdateBotSession failed: %s %s; retrying", error.code(), error.details())
+                self._stop.wait(BUSY_HEARTBEAT_S)
+                continue
+            if busy:
+                self._stop.wait(BUSY_HEARTBEAT_S)
+        if self._running is not None:
+            LOG.warning("stopping with lease %s still running", self._running.lease_id)
+
+    def _handle_leases(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
+        """Starts new leases, reports finished ones, drops cancelled ones."""
+        for lease in session.leases:
+            if lease.state == bots_pb2.PENDING:
+                lease.state = bots_pb2.ACTIVE  # Accept it; the next update tells the server.
+            if lease.state == bots_pb2.CANCELLED:
+                LOG.info("lease %s cancelled by the server", lease.id)
+                continue
+            if lease.state != bots_pb2.ACTIVE:
+                continue
+            running = self._running
+            if running is None:
+                self._start(lease)
+            elif running.lease_id == lease.id and running.execution is not None:
+                lease.state = bots_pb2.COMPLETED
+                lease.status.CopyFrom(running.execution.status)
+                lease.result.Pack(running.execution.result)
+                self._running = None
+            elif running.lease_id != lease.id:
+                LOG.error("lease %s offered while %s runs (capacity 1); ignoring it", lease.id, running.lease_id)
+        return session
+
+    def _start(self, lease: bots_pb2.Lease) -> None:
+        action = re_pb2.Action()
+        if lease.payload.Is(re_pb2.Action.DESCRIPTOR):
+            lease.payload.Unpack(action)
+        else:
+            digest = re_pb2.Digest()
+            lease.payload.Unpack(digest)
+            action = self._cas.read_message(digest, re_pb2.Action)  # type: ignore[assignment]
+        running = RunningLease(lease_id=lease.id, thread=threading.Thread(target=lambda: None))
+        running.thread = threading.Thread(target=self._execute, args=(running, action), daemon=True)
+        self._running = running
+        running.thread.start()
+
+    def _execute(self, running: RunningLease, action: re_pb2.Action) -> None:
+        action_digest = digest_of(action.SerializeToString())
+        action_dir = self._work_dir / f"action-{uuid.uuid4().hex[:12]}"
+        start = time.monotonic()
+        LOG.info("action-start lease=%s action=%s", running.lease_id, action_digest.hash)
+        try:
+            execution = execute(self._cas, action, action_dir, self._name)
+            LOG.info(
+                "action-end lease=%s action=%s exit_code=%d status=%s seconds=%.1f",
+                running.lease_id, action_digest.hash, execution.result.exit_code,
+                code_pb2.Code.Name(execution.status.code), time.monotonic() - start,
+            )
+        except Exception as error:  # The worker's own failure: let the server retry elsewhere.
+            LOG.exception("action-error lease=%s action=%s", running.lease_id, action_digest.hash)
+            execution = Execution(
+                status=status_pb2.Status(code=code_pb2.INTERNAL, message=f"worker {self._name}: {error}"),
+                result=re_pb2.ActionResult(),
+            )
+        finally:
+            if not self._keep_dirs:
+                shutil.rmtree(action_dir, ignore_errors=True)
+        running.execution = execution
+
+
+def parse_properties(values: Iterable[str]) -> dict[str, str]:
+    properties = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--property must be KEY=VALUE, not {value!r}")
+        properties[key] = val
+    return properties
+
+
+def open_channel(server: str) -> grpc.Channel:
+    options = [
+        ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ]
+    if server.startswith("grpcs://"):
+        return grpc.secure_channel(server.removeprefix("grpcs://"), grpc.ssl_channel_credentials(), options)
+    return grpc.insecure_channel(server.removeprefix("grpc://"), options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="the Bots/CAS endpoint (grpc:// or grpcs://)")
+    parser.add_argument("--instance", default=DEFAULT_INSTANCE, help="the REAPI instance name")
+    parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}", help="this bot's id")
+    parser.add_argument("--work-dir", type=Path, required=True, help="actions run in fresh directories under it")
+    parser.add_argument("--property", action="append", default=list(DEFAULT_PROPERTIES),
+                        help="a platform property KEY=VALUE this worker offers (repeatable)")
+    parser.add_argument("--poll-timeout", type=float, default=DEFAULT_POLL_TIMEOUT_S,
+                        help="seconds per UpdateBotSession; at most the server's bot keepalive")
+    parser.add_argument("--keep-dirs", action="store_true", help="keep each action's directory (debugging)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s"
+    )
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    worker = Worker(
+        open_channel(args.server), args.instance, args.name, parse_properties(args.property),
+        args.work_dir.resolve(), args.poll_timeout, args.keep_dirs,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        pass
+    except grpc.RpcError as error:
+        LOG.error("cannot talk to %s (instance %r): %s %s", args.server, args.instance, error.code(), error.details())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
