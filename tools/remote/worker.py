@@ -322,7 +322,7 @@ def run_command(command: re_pb2.Command, cwd: Path, timeout_s: float | None, log
     return exit_code, timed_out, stdout_path.read_bytes(), stderr_path.read_bytes()
 
 
-def execute(cas: Cas, action: re_pb2.Action, action_dir: Path, worker_name: str) -> Execution:
+def execute(cas: Cas, action: re_pb2.Action, action_dir: Path, worker_name: str, lease_id: str) -> Execution:
     """Fetches, materialises, runs and uploads one action; `action_dir` must not exist."""
     metadata = re_pb2.ExecutedActionMetadata(worker=worker_name)
     metadata.worker_start_timestamp.FromDatetime(now_utc())
@@ -340,7 +340,8 @@ def execute(cas: Cas, action: re_pb2.Action, action_dir: Path, worker_name: str)
     metadata.input_fetch_completed_timestamp.FromDatetime(now_utc())
 
     timeout_s = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else None
-    LOG.info("running %s (timeout %s s) in %s", " ".join(command.arguments[:3]), timeout_s, working_dir)
+    # tools/remote/check_run.py reads these lines: keep "action-run lease=... argv=..." stable.
+    LOG.info("action-run lease=%s argv=%s timeout=%s dir=%s", lease_id, " ".join(command.arguments[:3]), timeout_s, action_dir)
     metadata.execution_start_timestamp.FromDatetime(now_utc())
     exit_code, timed_out, stdout, stderr = run_command(command, working_dir, timeout_s or None, action_dir)
     metadata.execution_completed_timestamp.FromDatetime(now_utc())
@@ -476,7 +477,7 @@ class Worker:
         start = time.monotonic()
         LOG.info("action-start lease=%s action=%s", running.lease_id, action_digest.hash)
         try:
-            execution = execute(self._cas, action, action_dir, self._name)
+            execution = execute(self._cas, action, action_dir, self._name, running.lease_id)
             LOG.info(
                 "action-end lease=%s action=%s exit_code=%d status=%s seconds=%.1f",
                 running.lease_id, action_digest.hash, execution.result.exit_code,
