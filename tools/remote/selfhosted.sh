@@ -4,6 +4,7 @@
 # `bazel test --config=selfhosted ...` uses it (default grpc://127.0.0.1:50051, instance "main").
 #
 # usage: tools/remote/selfhosted.sh [FLAGS] install|start|stop|status|check-bazel-log FILE
+#        tools/remote/selfhosted.sh bazel COMMAND [BAZEL ARGS...]
 #
 #   install   Debian's postgresql-15 (apt, if missing) and the deployment's venv
 #             ($REMOTE_VENV, default /opt/cpu-finetune/remote-venv) from
@@ -13,11 +14,14 @@
 #             apply`, `bgd server start` with a generated config, N workers.
 #   stop      stop workers, server and PostgreSQL; keeps the state dir (CAS, DB)
 #             unless --purge.
-#   status    what runs, the endpoint, and the workers' bot sessions; exit 1 if down.
+#   status    what runs here and whether the endpoint answers; exit 1 if something is down.
 #   check-bazel-log FILE
 #             print a one-line fix for known configuration mistakes found in a
 #             Bazel output log (unknown platform property, unknown instance name);
 #             exit 1 if one was found.
+#   bazel COMMAND ARGS...
+#             `bazel COMMAND --config=selfhosted ARGS...`; if it fails, the
+#             check-bazel-log hints, e.g. `tools/remote/selfhosted.sh bazel test //...`
 #
 # Flags (defaults in brackets):
 #   --state-dir DIR   PID files, logs, PostgreSQL data, CAS, worker dirs
@@ -66,6 +70,7 @@ sudo_if_needed() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 command=""
 check_file=""
+bazel_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --state-dir) state_dir="${2:?--state-dir needs a value}"; shift 2 ;;
@@ -80,6 +85,7 @@ while [[ $# -gt 0 ]]; do
     -h | --help) usage; exit 0 ;;
     install | start | stop | status) command="$1"; shift ;;
     check-bazel-log) command="$1"; check_file="${2:?check-bazel-log needs a file}"; shift 2 ;;
+    bazel) command="$1"; shift; bazel_args=("$@"); break ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
@@ -336,4 +342,18 @@ case "$command" in
   stop) do_stop ;;
   status) do_status ;;
   check-bazel-log) do_check_bazel_log ;;
+  bazel)
+    [[ ${#bazel_args[@]} -ge 1 ]] || die "usage: selfhosted.sh bazel COMMAND [ARGS...]"
+    output="$(mktemp)"
+    trap 'rm -f "$output"' EXIT
+    set +e
+    (cd "$repo" && bazel "${bazel_args[0]}" --config=selfhosted "${bazel_args[@]:1}") 2>&1 | tee "$output"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [[ $rc -ne 0 ]]; then
+      check_file="$output"
+      do_check_bazel_log || true
+    fi
+    exit "$rc"
+    ;;
 esac

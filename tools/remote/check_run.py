@@ -1,0 +1,172 @@
+"""Evidence checks for tools/remote/integration_test.sh, read from Bazel's
+`--execution_log_json_file` and the workers' logs. Each prints PASS/FAIL lines and
+exits 1 on a failure.
+
+    check_run.py ran-remotely EXEC_LOG TARGET...    the tests' spawns ran on a remote worker
+    check_run.py cache-hit EXEC_LOG TARGET...       the tests' results came from the remote cache
+    check_run.py runs WORKER_LOG_DIR TARGET         print how many times the workers ran TARGET's test
+    check_run.py overlap WORKER_LOG_DIR TARGET TARGET
+                                                    the two tests ran at the same time on different workers
+    check_run.py intervals WORKER_LOG_DIR           print every test run: worker, start, end, target
+
+TARGET is a test label such as //src/training:training_test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+LOG = logging.getLogger("check_run")
+
+# The worker's log lines (tools/remote/worker.py): "<date> <time> <worker> INFO action-run lease=L argv=A ...".
+RUN_LINE = re.compile(r"^(\S+ \S+) (\S+) INFO action-run lease=(\S+) argv=(.*?) timeout=")
+END_LINE = re.compile(r"^(\S+ \S+) (\S+) INFO action-end lease=(\S+) .*exit_code=(-?\d+)")
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
+
+
+def test_path(label: str) -> str:
+    """//src/training:training_test -> src/training/training_test (the test's path under testlogs)."""
+    package, _, name = label.removeprefix("//").partition(":")
+    return f"{package}/{name}" if package else name
+
+
+def spawns(exec_log: Path) -> Iterator[dict]:
+    """The SpawnExec objects of a JSON execution log (concatenated JSON objects)."""
+    text = exec_log.read_text()
+    decoder = json.JSONDecoder()
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position >= len(text):
+            return
+        spawn, position = decoder.raw_decode(text, position)
+        yield spawn
+
+
+def test_spawns(exec_log: Path, label: str) -> list[dict]:
+    """The spawns that ran `label`'s test (their outputs include its test.log)."""
+    log_suffix = f"testlogs/{test_path(label)}/test.log"
+    return [
+        spawn
+        for spawn in spawns(exec_log)
+        if spawn.get("mnemonic") == "TestRunner"
+        and any(output.endswith(log_suffix) for output in spawn.get("listedOutputs", []))
+    ]
+
+
+def report(ok: bool, message: str) -> bool:
+    print(f"{'PASS' if ok else 'FAIL'}: {message}", flush=True)
+    return ok
+
+
+def check_spawn_runner(exec_log: Path, labels: list[str], want_cache_hit: bool) -> bool:
+    ok = True
+    for label in labels:
+        found = test_spawns(exec_log, label)
+        if not found:
+            ok &= report(False, f"{label}: no test spawn in {exec_log}")
+            continue
+        for spawn in found:
+            runner = spawn.get("runner", "")
+            cache_hit = bool(spawn.get("remoteCacheHit", False))
+            if want_cache_hit:
+                good = cache_hit
+                what = "served from the remote cache"
+            else:
+                good = runner == "remote" and not cache_hit
+                what = "ran on a remote worker"
+            ok &= report(good, f"{label} {what} (execution log: runner={runner!r}, remoteCacheHit={cache_hit})")
+    return ok
+
+
+@dataclass
+class Run:
+    worker: str
+    lease: str
+    target: str
+    start: datetime
+    end: datetime | None
+    exit_code: int | None
+
+
+def worker_runs(log_dir: Path) -> list[Run]:
+    """Every test action the workers ran, from their logs."""
+    runs: dict[str, Run] = {}
+    for log_file in sorted(log_dir.glob("worker-*.log")):
+        for line in log_file.read_text(errors="replace").splitlines():
+            if match := RUN_LINE.match(line):
+                when, worker, lease, argv = match.groups()
+                args = argv.split()
+                # Bazel runs a test as: test-setup.sh <package>/<name> ARGS...
+                if len(args) >= 2 and args[0].endswith("test-setup.sh"):
+                    runs[lease] = Run(worker, lease, args[1], datetime.strptime(when, TIME_FORMAT), None, None)
+            elif (match := END_LINE.match(line)) and match.group(3) in runs:
+                run = runs[match.group(3)]
+                run.end = datetime.strptime(match.group(1), TIME_FORMAT)
+                run.exit_code = int(match.group(4))
+    return sorted(runs.values(), key=lambda run: run.start)
+
+
+def check_overlap(log_dir: Path, first: str, second: str) -> bool:
+    runs = worker_runs(log_dir)
+    a_runs = [r for r in runs if r.target == test_path(first) and r.end]
+    b_runs = [r for r in runs if r.target == test_path(second) and r.end]
+    for a in a_runs:
+        for b in b_runs:
+            assert a.end is not None and b.end is not None
+            overlap = (min(a.end, b.end) - max(a.start, b.start)).total_seconds()
+            if overlap > 0 and a.worker != b.worker:
+                return report(
+                    True,
+                    f"{first} on {a.worker} [{a.start:%H:%M:%S}-{a.end:%H:%M:%S}] and {second} on {b.worker} "
+                    f"[{b.start:%H:%M:%S}-{b.end:%H:%M:%S}] ran at the same time ({overlap:.0f} s overlap)",
+                )
+    return report(False, f"no overlapping runs of {first} and {second} on two workers in {log_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="check_run: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("ran-remotely", "cache-hit"):
+        sub = commands.add_parser(name)
+        sub.add_argument("exec_log", type=Path)
+        sub.add_argument("targets", nargs="+")
+    runs_parser = commands.add_parser("runs")
+    runs_parser.add_argument("log_dir", type=Path)
+    runs_parser.add_argument("target")
+    overlap = commands.add_parser("overlap")
+    overlap.add_argument("log_dir", type=Path)
+    overlap.add_argument("targets", nargs=2)
+    intervals = commands.add_parser("intervals")
+    intervals.add_argument("log_dir", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "ran-remotely":
+        ok = check_spawn_runner(args.exec_log, args.targets, want_cache_hit=False)
+    elif args.command == "cache-hit":
+        ok = check_spawn_runner(args.exec_log, args.targets, want_cache_hit=True)
+    elif args.command == "runs":
+        print(sum(1 for run in worker_runs(args.log_dir) if run.target == test_path(args.target)))
+        ok = True
+    elif args.command == "overlap":
+        ok = check_overlap(args.log_dir, *args.targets)
+    else:
+        for run in worker_runs(args.log_dir):
+            end = f"{run.end:%H:%M:%S}" if run.end else "running"
+            print(f"{run.worker} {run.start:%H:%M:%S} {end} exit={run.exit_code} {run.target}")
+        ok = True
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
