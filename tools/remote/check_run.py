@@ -53,14 +53,18 @@ def spawns(exec_log: Path) -> Iterator[dict]:
 
 
 def test_spawns(exec_log: Path, label: str) -> list[dict]:
-    """The spawns that ran `label`'s test (their outputs include its test.log)."""
-    log_suffix = f"testlogs/{test_path(label)}/test.log"
+    """The spawns that ran `label`'s test: `test-setup.sh <package>/<name> ARGS...`
+    (not the TestRunner spawn that only writes test.xml)."""
     return [
         spawn
         for spawn in spawns(exec_log)
         if spawn.get("mnemonic") == "TestRunner"
-        and any(output.endswith(log_suffix) for output in spawn.get("listedOutputs", []))
+        and is_test_run(spawn.get("commandArgs", []), test_path(label))
     ]
+
+
+def is_test_run(args: list[str], path: str) -> bool:
+    return len(args) >= 2 and args[0].endswith("test-setup.sh") and args[1] == path
 
 
 def report(ok: bool, message: str) -> bool:
@@ -106,8 +110,7 @@ def worker_runs(log_dir: Path) -> list[Run]:
             if match := RUN_LINE.match(line):
                 when, worker, lease, argv = match.groups()
                 args = argv.split()
-                # Bazel runs a test as: test-setup.sh <package>/<name> ARGS...
-                if len(args) >= 2 and args[0].endswith("test-setup.sh"):
+                if is_test_run(args, args[1] if len(args) >= 2 else ""):
                     runs[lease] = Run(worker, lease, args[1], datetime.strptime(when, TIME_FORMAT), None, None)
             elif (match := END_LINE.match(line)) and match.group(3) in runs:
                 run = runs[match.group(3)]

@@ -47,7 +47,9 @@ chmod 755 "$work"
 state="$work/state"
 deployment=(tools/remote/selfhosted.sh --state-dir "$state" --port "$port" --pg-port "$pg_port" --workers 2)
 # --disk_cache= : results must come from the remote cache, not a local disk cache in user.bazelrc.
-remote_flags=(--config=selfhosted "--remote_executor=grpc://127.0.0.1:$port" --disk_cache=)
+# --test_timeout: two training tests share 2 cores here (moderate: 300 s -> 900 s).
+remote_flags=(--config=selfhosted "--remote_executor=grpc://127.0.0.1:$port" --disk_cache=
+  --test_timeout=60,900,1800,3600)
 training=//src/training:training_test
 cache_manager=//src/cache_manager:cache_manager_test
 failures=()

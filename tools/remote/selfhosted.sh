@@ -26,7 +26,8 @@
 # Flags (defaults in brackets):
 #   --state-dir DIR   PID files, logs, PostgreSQL data, CAS, worker dirs
 #                     [$CPU_FINETUNE_REMOTE_STATE or ${XDG_RUNTIME_DIR:-/tmp}/cpu-finetune-remote]
-#   --workers N       workers to run on this machine [2]; 0 for a server-only head node
+#   --workers N       workers to run on this machine [half the cores, at least 1:
+#                     a training test uses 2 cores]; 0 for a server-only head node
 #   --port PORT       BuildGrid's gRPC port [50051]
 #   --bind ADDR       address BuildGrid listens on [127.0.0.1]; 0.0.0.0 to serve
 #                     workers and Bazel clients on other machines (trusted network
@@ -53,7 +54,7 @@ pg_bin="/usr/lib/postgresql/15/bin"
 
 # Defaults.
 state_dir="${CPU_FINETUNE_REMOTE_STATE:-${XDG_RUNTIME_DIR:-/tmp}/cpu-finetune-remote}"
-workers=2
+workers=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
 port=50051
 bind=127.0.0.1
 pg_port=54329
