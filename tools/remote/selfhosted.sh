@@ -316,7 +316,7 @@ do_check_bazel_log() {
   local found=0 property
   if property="$(grep -oE 'Unregistered platform property \[[^]=]+' "$check_file" | head -n 1)"; then
     property="${property#Unregistered platform property [}"
-    echo "selfhosted.sh: hint: the server does not know the platform property '$property': remove it from the platform's exec_properties (bazel/platforms/BUILD, --remote_default_exec_properties) or add it to wildcard-property-keys in tools/remote/selfhosted.sh's BuildGrid config (then restart the deployment)" >&2
+    echo "selfhosted.sh: hint: the server does not know the platform property '$property': remove it from the target's or the platform's exec_properties (bazel/platforms/BUILD) or add it to wildcard-property-keys in tools/remote/selfhosted.sh's BuildGrid config (then restart the deployment)" >&2
     found=1
   fi
   if grep -qE "Invalid instance name|[Ii]nstance.*(does not exist|not found|unknown|Unknown)|INVALID_ARGUMENT: .*instance" "$check_file"; then
