@@ -25,7 +25,8 @@
 #
 # Flags (defaults in brackets):
 #   --state-dir DIR   PID files, logs, PostgreSQL data, CAS, worker dirs
-#                     [$CPU_FINETUNE_REMOTE_STATE or ${XDG_RUNTIME_DIR:-/tmp}/cpu-finetune-remote]
+#                     [$CPU_FINETUNE_REMOTE_STATE, else ${XDG_RUNTIME_DIR:-/tmp}/cpu-finetune-remote;
+#                     /tmp/cpu-finetune-remote as root]
 #   --workers N       workers to run on this machine [half the cores, at least 1:
 #                     a training test uses 2 cores]; 0 for a server-only head node
 #   --port PORT       BuildGrid's gRPC port [50051]
@@ -53,7 +54,10 @@ python="${SETUP_PYTHON:-python3}"
 pg_bin="/usr/lib/postgresql/15/bin"
 
 # Defaults.
-state_dir="${CPU_FINETUNE_REMOTE_STATE:-${XDG_RUNTIME_DIR:-/tmp}/cpu-finetune-remote}"
+# As root, PostgreSQL runs as the postgres user, which cannot enter root's /run/user/0.
+runtime_dir="${XDG_RUNTIME_DIR:-/tmp}"
+[[ $(id -u) -eq 0 ]] && runtime_dir=/tmp
+state_dir="${CPU_FINETUNE_REMOTE_STATE:-$runtime_dir/cpu-finetune-remote}"
 workers=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
 port=50051
 bind=127.0.0.1
@@ -142,6 +146,9 @@ start_postgres() {
   if as_pg "$pg_bin/pg_ctl" -D "$pg_data" status >/dev/null 2>&1; then
     return 0
   fi
+  if [[ $(id -u) -eq 0 ]] && ! runuser -u postgres -- test -x "$state_dir"; then
+    die "the postgres user cannot reach $state_dir: choose a --state-dir outside private directories such as /root or /run/user"
+  fi
   if [[ ! -f "$pg_data/PG_VERSION" ]]; then
     log "initdb into $pg_data"
     mkdir -p "$pg_data"
@@ -159,7 +166,7 @@ start_postgres() {
     || die "PostgreSQL did not start, see $pg_log"
   if ! as_pg "$pg_bin/../bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname='buildgrid'" 2>/dev/null | grep -q 1; then
-    as_pg /usr/bin/createdb -h 127.0.0.1 -p "$pg_port" -U postgres buildgrid || die "createdb buildgrid failed"
+    as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres buildgrid || die "createdb buildgrid failed"
   fi
   "$remote_venv/bin/bgd" migrate apply "$db_url" >"$state_dir/logs/migrate.log" 2>&1 \
     || die "bgd migrate apply failed, see $state_dir/logs/migrate.log"
