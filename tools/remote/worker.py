@@ -34,7 +34,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -294,8 +294,15 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def run_command(command: re_pb2.Command, cwd: Path, timeout_s: float | None, log_dir: Path) -> tuple[int, bool, bytes, bytes]:
-    """Runs the command in its own process group; returns (exit code, timed out, stdout, stderr)."""
+def run_command(
+    command: re_pb2.Command,
+    cwd: Path,
+    timeout_s: float | None,
+    log_dir: Path,
+    started: Callable[[subprocess.Popen], None] = lambda process: None,
+) -> tuple[int, bool, bytes, bytes]:
+    """Runs the command in its own process group (passed to `started`, so that it
+    can be cancelled); returns (exit code, timed out, stdout, stderr)."""
     env = {variable.name: variable.value for variable in command.environment_variables}
     stdout_path, stderr_path = log_dir / "stdout", log_dir / "stderr"
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
@@ -308,6 +315,7 @@ def run_command(command: re_pb2.Command, cwd: Path, timeout_s: float | None, log
             stderr=stderr,
             start_new_session=True,
         )
+        started(process)
         timed_out = False
         try:
             exit_code = process.wait(timeout=timeout_s)
@@ -322,7 +330,14 @@ def run_command(command: re_pb2.Command, cwd: Path, timeout_s: float | None, log
     return exit_code, timed_out, stdout_path.read_bytes(), stderr_path.read_bytes()
 
 
-def execute(cas: Cas, action: re_pb2.Action, action_dir: Path, worker_name: str, lease_id: str) -> Execution:
+def execute(
+    cas: Cas,
+    action: re_pb2.Action,
+    action_dir: Path,
+    worker_name: str,
+    lease_id: str,
+    started: Callable[[subprocess.Popen], None] = lambda process: None,
+) -> Execution:
     """Fetches, materialises, runs and uploads one action; `action_dir` must not exist."""
     metadata = re_pb2.ExecutedActionMetadata(worker=worker_name)
     metadata.worker_start_timestamp.FromDatetime(now_utc())
@@ -343,7 +358,7 @@ def execute(cas: Cas, action: re_pb2.Action, action_dir: Path, worker_name: str,
     # tools/remote/check_run.py reads these lines: keep "action-run lease=... argv=..." stable.
     LOG.info("action-run lease=%s argv=%s timeout=%s dir=%s", lease_id, " ".join(command.arguments[:3]), timeout_s, action_dir)
     metadata.execution_start_timestamp.FromDatetime(now_utc())
-    exit_code, timed_out, stdout, stderr = run_command(command, working_dir, timeout_s or None, action_dir)
+    exit_code, timed_out, stdout, stderr = run_command(command, working_dir, timeout_s or None, action_dir, started)
     metadata.execution_completed_timestamp.FromDatetime(now_utc())
 
     metadata.output_upload_start_timestamp.FromDatetime(now_utc())
@@ -375,6 +390,21 @@ class RunningLease:
     lease_id: str
     thread: threading.Thread
     execution: Execution | None = None
+    process: subprocess.Popen | None = None
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Kills the command's process group now, or as soon as it starts."""
+        self.cancelled = True
+        self._kill_if_cancelled()
+
+    def started(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self._kill_if_cancelled()
+
+    def _kill_if_cancelled(self) -> None:
+        if self.cancelled and self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 class Worker:
@@ -438,6 +468,12 @@ class Worker:
 
     def _handle_leases(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
         """Starts new leases, reports finished ones, drops cancelled ones."""
+        active = {lease.id for lease in session.leases if lease.state in (bots_pb2.PENDING, bots_pb2.ACTIVE)}
+        if self._running is not None and self._running.lease_id not in active:
+            # Cancelled (the client gave up) or reassigned (this session expired): stop working on it.
+            LOG.warning("lease %s is no longer ours (cancelled or reassigned); killing its command", self._running.lease_id)
+            self._running.cancel()
+            self._running = None
         for lease in session.leases:
             if lease.state == bots_pb2.PENDING:
                 lease.state = bots_pb2.ACTIVE  # Accept it; the next update tells the server.
@@ -477,7 +513,10 @@ class Worker:
         start = time.monotonic()
         LOG.info("action-start lease=%s action=%s", running.lease_id, action_digest.hash)
         try:
-            execution = execute(self._cas, action, action_dir, self._name, running.lease_id)
+            execution = execute(
+                self._cas, action, action_dir, self._name, running.lease_id,
+                started=running.started,
+            )
             LOG.info(
                 "action-end lease=%s action=%s exit_code=%d status=%s seconds=%.1f",
                 running.lease_id, action_digest.hash, execution.result.exit_code,

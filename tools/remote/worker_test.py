@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -131,6 +132,18 @@ class RunCommandTest(unittest.TestCase):
             self.assertNotEqual(exit_code, 0)
             self.assertEqual(stdout, b"")
             self.assertLess(time.monotonic() - start, 10)
+
+
+class CancelTest(unittest.TestCase):
+    def test_a_lease_cancelled_before_its_command_starts_kills_it_on_start(self) -> None:
+        running = worker.RunningLease(lease_id="lease", thread=threading.Thread(target=lambda: None))
+        running.cancel()
+        command = re_pb2.Command(arguments=["/bin/sh", "-c", "sleep 30"])
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.monotonic()
+            exit_code, timed_out, _, _ = worker.run_command(command, Path(tmp), None, Path(tmp), running.started)
+        self.assertEqual((exit_code, timed_out), (-9, False))
+        self.assertLess(time.monotonic() - start, 10)
 
 
 if __name__ == "__main__":
