@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-
-LOG = logging.getLogger("check_run")
 
 # The worker's log lines (tools/remote/worker.py): "<date> <time> <worker> INFO action-run lease=L argv=A ...".
 RUN_LINE = re.compile(r"^(\S+ \S+) (\S+) INFO action-run lease=(\S+) argv=(.*?) timeout=")
@@ -137,7 +134,6 @@ def check_overlap(log_dir: Path, first: str, second: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="check_run: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("ran-remotely", "cache-hit"):
