@@ -7,7 +7,8 @@ exits 1 on a failure.
     check_run.py runs WORKER_LOG_DIR TARGET         print how many times the workers ran TARGET's test
     check_run.py overlap WORKER_LOG_DIR TARGET TARGET
                                                     the two tests ran at the same time on different workers
-    check_run.py intervals WORKER_LOG_DIR           print every test run: worker, start, end, target
+    check_run.py intervals WORKER_LOG_DIR           print every test run: worker, start, end (no-end: still
+                                                    running, or the worker died), target
 
 TARGET is a test label such as //src/training:training_test.
 """
@@ -101,16 +102,16 @@ class Run:
 
 def worker_runs(log_dir: Path) -> list[Run]:
     """Every test action the workers ran, from their logs."""
-    runs: dict[str, Run] = {}
+    runs: dict[tuple[str, str], Run] = {}  # by (worker, lease): a requeued job keeps its lease id
     for log_file in sorted(log_dir.glob("worker-*.log")):
         for line in log_file.read_text(errors="replace").splitlines():
             if match := RUN_LINE.match(line):
                 when, worker, lease, argv = match.groups()
                 args = argv.split()
                 if is_test_run(args, args[1] if len(args) >= 2 else ""):
-                    runs[lease] = Run(worker, lease, args[1], datetime.strptime(when, TIME_FORMAT), None, None)
-            elif (match := END_LINE.match(line)) and match.group(3) in runs:
-                run = runs[match.group(3)]
+                    runs[(worker, lease)] = Run(worker, lease, args[1], datetime.strptime(when, TIME_FORMAT), None, None)
+            elif (match := END_LINE.match(line)) and (match.group(2), match.group(3)) in runs:
+                run = runs[(match.group(2), match.group(3))]
                 run.end = datetime.strptime(match.group(1), TIME_FORMAT)
                 run.exit_code = int(match.group(4))
     return sorted(runs.values(), key=lambda run: run.start)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = check_overlap(args.log_dir, *args.targets)
     else:
         for run in worker_runs(args.log_dir):
-            end = f"{run.end:%H:%M:%S}" if run.end else "running"
+            end = f"{run.end:%H:%M:%S}" if run.end else "no-end"
             print(f"{run.worker} {run.start:%H:%M:%S} {end} exit={run.exit_code} {run.target}")
         ok = True
     return 0 if ok else 1

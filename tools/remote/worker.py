@@ -282,6 +282,21 @@ def collect_outputs(working_dir: Path, command: re_pb2.Command) -> Outputs:
 # --- Running one action ------------------------------------------------------------
 
 
+def kill_session(session_id: int) -> None:
+    """SIGKILLs every process of a session: the command runs in a session of its
+    own, and Bazel's test-setup.sh puts the test in yet another process group."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # /proc/PID/stat: "pid (comm) state ppid pgrp session ..."; comm may contain spaces.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session_id:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            continue  # The process ended meanwhile.
+
+
 @dataclass
 class Execution:
     """What running one action produced: the lease's status and ActionResult."""
@@ -325,7 +340,9 @@ def run_command(
             try:
                 exit_code = process.wait(timeout=KILL_GRACE_S)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                exit_code = None
+            kill_session(process.pid)
+            if exit_code is None:
                 exit_code = process.wait()
     return exit_code, timed_out, stdout_path.read_bytes(), stderr_path.read_bytes()
 
@@ -403,8 +420,8 @@ class RunningLease:
         self._kill_if_cancelled()
 
     def _kill_if_cancelled(self) -> None:
-        if self.cancelled and self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.cancelled and self.process is not None:
+            kill_session(self.process.pid)
 
 
 class Worker:
@@ -422,7 +439,12 @@ class Worker:
         self._stop = threading.Event()
 
     def stop(self) -> None:
+        """Stops the loop and kills the running command (it runs in its own session,
+        so it would outlive the worker)."""
         self._stop.set()
+        if self._running is not None:
+            LOG.warning("stopping: killing the command of lease %s", self._running.lease_id)
+            self._running.cancel()
 
     def _new_session(self) -> bots_pb2.BotSession:
         device = worker_pb2.Device(
@@ -463,8 +485,6 @@ class Worker:
                 continue
             if busy:
                 self._stop.wait(BUSY_HEARTBEAT_S)
-        if self._running is not None:
-            LOG.warning("stopping with lease %s still running", self._running.lease_id)
 
     def _handle_leases(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
         """Starts new leases, reports finished ones, drops cancelled ones."""

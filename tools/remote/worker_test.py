@@ -45,6 +45,15 @@ def tree_of(files: dict[str, tuple[bytes, bool]], links: dict[str, str]) -> tupl
     return root_digest, directories, blobs
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 class MaterialiseTest(unittest.TestCase):
     def test_files_executable_bits_symlinks_and_subdirectories(self) -> None:
         root, directories, blobs = tree_of(
@@ -132,6 +141,17 @@ class RunCommandTest(unittest.TestCase):
             self.assertNotEqual(exit_code, 0)
             self.assertEqual(stdout, b"")
             self.assertLess(time.monotonic() - start, 10)
+
+    def test_timeout_kills_other_process_groups_of_the_session(self) -> None:
+        # `set -m` puts the background sleep in a process group of its own, as
+        # Bazel's test-setup.sh does with the test.
+        with tempfile.TemporaryDirectory() as tmp:
+            pid_file = Path(tmp) / "pid"
+            command = re_pb2.Command(arguments=["/bin/bash", "-c", f"set -m; sleep 60 & echo $! > {pid_file}; wait"])
+            _, timed_out, _, _ = worker.run_command(command, Path(tmp), 0.5, Path(tmp))
+            self.assertTrue(timed_out)
+            time.sleep(0.2)
+            self.assertFalse(alive(int(pid_file.read_text())))
 
 
 class CancelTest(unittest.TestCase):
