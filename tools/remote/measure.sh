@@ -6,7 +6,8 @@
 #      (--nocache_test_results --noremote_accept_cached: both really run);
 #   2. a remote run that fills the remote cache, `bazel clean`, and the rerun;
 #   3. a worker killed with SIGKILL (with the action it runs) mid-training;
-#   4. the whole deployment stopped mid-training, with --remote_local_fallback.
+#   4. the whole deployment stopped mid-training, with --remote_local_fallback;
+#   5. the same without it.
 # Prints a table of results; logs and Bazel outputs stay in the work dir printed.
 #
 # usage: tools/remote/measure.sh [--target LABEL] [--port PORT] [--pg-port PORT] [--skip-failures]
@@ -91,7 +92,8 @@ log "1. local vs remote (both really run)"
 measure local test "${fresh[@]}" "$target"
 measure remote test "${remote[@]}" "${fresh[@]}" "$target"
 
-log "2. fill the remote cache, bazel clean, rerun"
+log "2. fill the remote cache (after bazel clean, so the run is not a local cache hit), bazel clean, rerun"
+bazel clean >/dev/null 2>&1
 measure remote-fill-cache test "${remote[@]}" "$target"
 bazel clean >/dev/null 2>&1
 measure remote-cached-after-clean test "${remote[@]}" "$target"
@@ -104,10 +106,12 @@ if [[ $failures -eq 1 ]]; then
   pid_file="$(wait_for_training)" || { log "training never started"; exit 1; }
   sleep 20
   worker_pid="$(cat "$pid_file")"
-  action_pids="$(pgrep -P "$worker_pid" || true)"
+  # The action runs in a session of its own (its leader is the worker's child): a
+  # machine that dies takes the action with it, so kill that whole session too.
+  action_session="$(pgrep -P "$worker_pid" | head -n 1 || true)"
+  action_pids="$( [[ -n "$action_session" ]] && pgrep -s "$action_session" | tr '\n' ' ' || true)"
   log "killing worker pid $worker_pid ($pid_file) and its action (pids: $action_pids) at +$(since "$start")s"
-  kill -KILL "$worker_pid"
-  for pid in $action_pids; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  kill -KILL "$worker_pid" $action_pids
   set +e; wait "$bazel_pid"; rc=$?; set -e
   printf '%-28s exit=%-3s wall=%6ss  %s\n' killed-worker "$rc" "$(since "$start")" \
     "$(grep -oE "$target +[A-Z]+ in [0-9.]+s" "$work/killed-worker.log" | tail -n 1)" | tee -a "$results"
@@ -126,8 +130,21 @@ if [[ $failures -eq 1 ]]; then
   set +e; wait "$bazel_pid"; rc=$?; set -e
   printf '%-28s exit=%-3s wall=%6ss  %s\n' server-down-fallback "$rc" "$(since "$start")" \
     "$(grep -oE "$target +[A-Z]+ in [0-9.]+s" "$work/server-down-fallback.log" | tail -n 1)" | tee -a "$results"
-  grep -E "WARNING|ERROR|fall|Falling|retry" "$work/server-down-fallback.log" | head -n 5 | tee -a "$results" || true
-  grep -E "WARNING|ERROR|retry" "$work/killed-worker.log" | head -n 5 | tee -a "$results" || true
+  grep -E "WARNING|ERROR|processes:" "$work/server-down-fallback.log" | head -n 5 | tee -a "$results" || true
+  grep -E "WARNING|ERROR|processes:" "$work/killed-worker.log" | head -n 5 | tee -a "$results" || true
+  "${deployment[@]}" start >/dev/null 2>&1
+
+  log "5. stop the whole deployment mid-training, without --remote_local_fallback"
+  bazel test "${remote[@]}" "${fresh[@]}" --test_summary=short "$target" >"$work/server-down.log" 2>&1 &
+  bazel_pid=$!
+  start=$(now_ms)
+  wait_for_training >/dev/null || { log "training never started"; exit 1; }
+  sleep 20
+  log "stopping the deployment at +$(since "$start")s"
+  "${deployment[@]}" stop >/dev/null 2>&1
+  set +e; wait "$bazel_pid"; rc=$?; set -e
+  printf '%-28s exit=%-3s wall=%6ss\n' server-down "$rc" "$(since "$start")" | tee -a "$results"
+  grep -E "WARNING|ERROR|FAILED|processes:" "$work/server-down.log" | cut -c1-300 | head -n 5 | tee -a "$results" || true
 fi
 
 echo
