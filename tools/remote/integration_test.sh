@@ -118,6 +118,7 @@ else
 fi
 
 section "failure: a failing remote test fails the build and shows its log"
+echo "(Bazel's own \"FAIL: //tools/remote:failing_test\" below is expected)"
 bazel_run failure test "${remote_flags[@]}" --execution_log_json_file="$work/failure.exec.json" \
   --test_output=errors //tools/remote:failing_test
 if [[ $rc -eq 3 ]]; then pass "failure: bazel test exited 3 (tests failed)"; else fail "failure: bazel test exited $rc, not 3"; fi
