@@ -8,6 +8,7 @@ the venv's locked package versions) and whose outputs are declared:
     <name>/metrics.json         the job's report: accuracy etc. before and after, timings, the training settings
     <name>/eval_history.json    every evaluation during training
     <name>/training_curves.png  training loss and validation accuracy
+    <name>/train.log            the job's stdout and stderr (printed by Bazel only if the job fails)
     <name>/finetune_job.json    what this rule ran: the command line, inputs and environment (written at analysis)
 
 Because the action is keyed on its inputs only, a second `bazel build` does not train again, and neither does
@@ -24,6 +25,7 @@ FinetunedModelInfo = provider(
         "model_dir": "File: the directory (tree artifact) with the fine-tuned model and tokenizer",
         "metrics": "File: metrics.json written by the job",
         "job": "File: finetune_job.json, the command line and inputs of the action",
+        "log": "File: train.log, the job's stdout and stderr",
         "flags": "list of string: the training flags given to the rule (train_args)",
     },
 )
@@ -33,6 +35,17 @@ _MODEL_SUBDIR = "model"
 _JOB_OUTPUTS = ["metrics.json", "eval_history.json", "training_curves.png"]
 
 # Flags the rule sets itself: passing them in train_args would point the job at undeclared paths.
+# Runs the trainer with its output in the log; on failure prints the log, so `bazel build` shows why.
+_RUN_LOGGED = """\
+log="$1"
+shift
+"$@" >"$log" 2>&1 && exit 0
+status=$?
+echo "fine-tuning failed with exit code $status; its log ($log):" >&2
+cat "$log" >&2
+exit "$status"
+"""
+
 _RULE_FLAGS = ["--output_dir", "--data", "--model", "--config", "--resume", "--checkpoint_every", "--save_model", "--task"]
 
 def _env(output_root, threads):
@@ -100,12 +113,14 @@ def _finetuned_model_impl(ctx):
     args.add_all(ctx.attr.train_args)
     args.add("--disable_tqdm=true")
 
+    log = ctx.actions.declare_file(ctx.label.name + "/train.log")
     env = _env(output_root, ctx.attr.threads)
-    ctx.actions.run(
-        executable = ctx.executable.trainer,
-        arguments = [args],
+    ctx.actions.run_shell(
+        command = _RUN_LOGGED,
+        arguments = [log.path, ctx.executable.trainer.path, args],
+        tools = [ctx.attr.trainer[DefaultInfo].files_to_run],
         inputs = inputs,
-        outputs = [model_dir] + job_outputs,
+        outputs = [model_dir, log] + job_outputs,
         env = env,
         mnemonic = "FineTune",
         progress_message = "Fine-tuning %s" % ctx.label,
@@ -124,10 +139,10 @@ def _finetuned_model_impl(ctx):
         "config": ctx.file.config.short_path if ctx.file.config else None,
         "train_args": ctx.attr.train_args,
         "env": env,
-        "outputs": [model_dir.short_path] + [f.short_path for f in job_outputs],
+        "outputs": [model_dir.short_path, log.short_path] + [f.short_path for f in job_outputs],
     }) + "\n")
 
-    outputs = [model_dir, metrics] + job_outputs[1:] + [job]
+    outputs = [model_dir, metrics] + job_outputs[1:] + [log, job]
     return [
         DefaultInfo(
             files = depset(outputs),
@@ -141,6 +156,7 @@ def _finetuned_model_impl(ctx):
             model_dir = model_dir,
             metrics = metrics,
             job = job,
+            log = log,
             flags = ctx.attr.train_args,
         ),
     ]
