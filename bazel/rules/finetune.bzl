@@ -46,7 +46,18 @@ cat "$log" >&2
 exit "$status"
 """
 
-_RULE_FLAGS = ["--output_dir", "--data", "--model", "--config", "--resume", "--checkpoint_every", "--save_model", "--task"]
+_RULE_FLAGS = [
+    "--output_dir",
+    "--data",
+    "--model",
+    "--config",
+    "--precision",
+    "--bf16",
+    "--resume",
+    "--checkpoint_every",
+    "--save_model",
+    "--task",
+]
 
 def _env(output_root, threads):
     """The action's whole environment: nothing from the user's shell, the Hub never contacted.
@@ -81,7 +92,7 @@ def _check_flags(flags):
     for flag in flags:
         name = flag.split("=", 1)[0]
         if name in _RULE_FLAGS:
-            fail("train_args must not set %s: the rule sets it from its attributes (data, base_model, config)" % name)
+            fail("train_args must not set %s: the rule sets it from its attributes (data, base_model, config, precision)" % name)
 
 def _finetuned_model_impl(ctx):
     _check_flags(ctx.attr.train_args)
@@ -110,6 +121,7 @@ def _finetuned_model_impl(ctx):
     if ctx.file.config:
         inputs.append(ctx.file.config)
         args.add("--config", ctx.file.config.path)
+    args.add("--precision", ctx.attr.precision)
     args.add_all(ctx.attr.train_args)
     args.add("--disable_tqdm=true")
 
@@ -137,6 +149,7 @@ def _finetuned_model_impl(ctx):
         "data": [f.short_path for f in data_files],
         "base_model": [f.short_path for f in ctx.files.base_model] if ctx.attr.base_model else "the trainer's default",
         "config": ctx.file.config.short_path if ctx.file.config else None,
+        "precision": ctx.attr.precision,
         "train_args": ctx.attr.train_args,
         "env": env,
         "outputs": [model_dir.short_path, log.short_path] + [f.short_path for f in job_outputs],
@@ -181,6 +194,13 @@ _finetuned_model = rule(
         ),
         "train_args": attr.string_list(
             doc = "More flags for the trainer, e.g. ['--max_steps=24', '--learning_rate=1e-4'].",
+        ),
+        "precision": attr.string(
+            default = "fp32",
+            values = ["fp32", "bf16"],
+            doc = "Compute precision, fixed here because the cache key must decide the arithmetic: the job's " +
+                  "'auto' would pick bf16 or fp32 by the CPU that happens to run the action, and a shared cache " +
+                  "would then hand out either. bf16 fails on a CPU without native bf16 (AVX512-BF16/AMX).",
         ),
         "threads": attr.int(
             default = 1,

@@ -56,6 +56,7 @@ def finetune_sweep(
         train_args = [],
         base_model = None,
         config = None,
+        precision = "fp32",
         threads = 1,
         tags = [],
         visibility = None):
@@ -72,6 +73,7 @@ def finetune_sweep(
       train_args: flags shared by every configuration (before each configuration's own flags).
       base_model: as finetuned_model's base_model.
       config: as finetuned_model's config.
+      precision: as finetuned_model's precision.
       threads: OMP_NUM_THREADS of each training action (see finetuned_model).
       tags: of every target, e.g. ["manual"].
       visibility: of every target.
@@ -97,6 +99,7 @@ def finetune_sweep(
             base_model = base_model,
             config = config,
             train_args = train_args + flags,
+            precision = precision,
             threads = threads,
             tags = tags,
             visibility = visibility,
