@@ -157,8 +157,10 @@ def local_model_dir(source: str) -> str:
     return source
 
 
-def load_causal_lm(source: str, quantization: str | None = None) -> PreTrainedModel:
-    """A causal LM in fp32 from a from_pretrained-loadable source (see local_model_dir).
+def load_causal_lm(
+    source: str, quantization: str | None = None, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """A causal LM in `dtype` (fp32 unless asked) from a from_pretrained-loadable source (see local_model_dir).
 
     quantization "nf4" keeps the linear layers' frozen weights in 4-bit NormalFloat (bitsandbytes, which has a CPU
     backend), with fp32 compute: the QLoRA base. Embeddings, norms and the LM head stay fp32.
@@ -174,6 +176,6 @@ def load_causal_lm(source: str, quantization: str | None = None) -> PreTrainedMo
     elif quantization is not None:
         raise UserError(f"unknown quantization {quantization!r}; use nf4")
     try:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error("model", source, e) from None

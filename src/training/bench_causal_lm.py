@@ -5,7 +5,9 @@
 
 Throughput: each variant (LoRA fp32, LoRA bf16, QLoRA NF4, full fine-tuning fp32) runs in its own process (peak RSS
 is per process) on full-length batches of --seq_len tokens, timing --steps optimizer steps after one warm-up step.
-The roof is torch.mm's GFLOP/s on the model's own shapes (fp32 and bf16), measured in the same run.
+The roof is torch.mm's GFLOP/s on the model's own shapes (fp32 and bf16), measured in the same run, and again
+inside each variant's process right before and after its timed steps: each variant's fraction of the roof divides
+by the roof measured alongside it, so it stays comparable when the machine's load changes between variants.
 Perplexity: the real job (train_model --task causal-lm) for one epoch on a seeded split of alpaca_en_demo.
 
 Writes <output_dir>/bench_causal_lm.json; the last line printed is `lora_bf16_roof_fraction: <fraction>`.
@@ -69,11 +71,12 @@ def flops_per_token(model: torch.nn.Module, seq_len: int, method: str) -> float:
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
     linear = adapters = 0
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
+        if isinstance(module, torch.nn.Linear):  # bitsandbytes' Linear4bit too: count its logical shape, not
+            weights = module.in_features * module.out_features  # the packed 4-bit storage
             if "lora_" in name:
-                adapters += module.weight.numel()
+                adapters += weights
             else:
-                linear += module.weight.numel()
+                linear += weights
     attention = 4 * config.num_hidden_layers * seq_len * config.hidden_size
     forward = 2 * linear + attention
     return forward * (3 if method == "full" else 2) + 6 * adapters
@@ -89,7 +92,7 @@ def worker(variant: str, source: str, seq_len: int, micro_batch: int, steps: int
     configure_threads()
     config = CausalLMConfig(model=source, method=method, precision="fp32", output_dir="/tmp/unused")
     torch.manual_seed(0)
-    model, parameters = causal_lm.prepare_model(config, source)
+    model, parameters = causal_lm.prepare_model(config, source, precision)
     if lowmem:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -110,10 +113,16 @@ def worker(variant: str, source: str, seq_len: int, micro_batch: int, steps: int
 
     for _ in range(warmup):  # allocations, kernel selection
         step()
+    # The roof of this variant's dtype, measured right before and after its timed steps: on a shared machine the
+    # fraction of the roof is then comparable across variants even when the load changes between them.
+    shapes = roof_shapes(model.config, micro * seq_len)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    roof_before = matmul_roof(dtype, shapes)["roof"]
     start = perf_counter()
     for _ in range(steps):
         loss = step()
     seconds = perf_counter() - start
+    roof_after = matmul_roof(dtype, shapes)["roof"]
     tokens = steps * micro * accumulation * seq_len
     return {
         "variant": variant, "method": method, "precision": precision, "micro_batch": micro,
@@ -121,6 +130,7 @@ def worker(variant: str, source: str, seq_len: int, micro_batch: int, steps: int
         "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "last_loss": loss,
         "peak_rss_mib": peak_rss_mib(), "trainable_parameters": parameters["trainable"],
         "flops_per_token": flops_per_token(model, seq_len, method),
+        "roof_gflops_alongside": (roof_before + roof_after) / 2,
     }  # fmt: skip
 
 
@@ -151,14 +161,15 @@ def perplexity_run(alpaca: str, output_dir: Path, extra: Sequence[str]) -> dict[
 
 
 def format_table(results: list[dict[str, Any]], roof: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'variant':<18} {'tokens/s':>9} {'peak RSS':>10} {'GFLOP/s':>8} {'roof':>6} {'of roof':>8}"]
+    lines = [f"{'variant':<18} {'tokens/s':>9} {'peak RSS':>10} {'GFLOP/s':>8} {'roof alongside':>19} {'of roof':>8}"]
     for r in results:
         precision = "bf16" if r["precision"] == "bf16" else "fp32"
         lines.append(
             f"{r['variant']:<18} {r['tokens_per_second']:>9.1f} {r['peak_rss_mib']:>7.0f} MiB "
-            f"{r['gflops']:>8.1f} {precision:>6} {r['roof_fraction']:>8.1%}"
+            f"{r['gflops']:>8.1f} {precision:>5} {r['roof_gflops_alongside']:>7.1f} GFLOP/s {r['roof_fraction']:>8.1%}"
         )
-    lines.append(f"matmul roof: fp32 {roof['fp32']['roof']:.1f} GFLOP/s, bf16 {roof['bf16']['roof']:.1f} GFLOP/s")
+    lines.append(f"matmul roof at the start: fp32 {roof['fp32']['roof']:.1f} GFLOP/s, "
+                 f"bf16 {roof['bf16']['roof']:.1f} GFLOP/s")
     return "\n".join(lines)
 
 
@@ -214,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 "warmup": args.warmup}
         result = run_variant(variant, source, args.seq_len, **shape) | {"emulated_bf16": emulated}
         result["gflops"] = result["tokens_per_second"] * result["flops_per_token"] / 1e9
-        result["roof_fraction"] = result["gflops"] / roof[result["precision"]]["roof"]
+        result["roof_fraction"] = result["gflops"] / result["roof_gflops_alongside"]
         results.append(result)
         logger.info("%s: %.1f tokens/s, peak RSS %.0f MiB", variant, result["tokens_per_second"],
                     result["peak_rss_mib"])

@@ -36,6 +36,8 @@ class BenchCausalLMTest(unittest.TestCase):
         for variant in report["variants"]:
             self.assertGreater(variant["tokens_per_second"], 0)
             self.assertGreater(variant["peak_rss_mib"], 0)
+            self.assertGreater(variant["roof_gflops_alongside"], 0)
+            self.assertAlmostEqual(variant["roof_fraction"], variant["gflops"] / variant["roof_gflops_alongside"])
         self.assertGreater(by_name["full_fp32"]["flops_per_token"], by_name["lora_fp32"]["flops_per_token"])
         self.assertLess(by_name["lora_fp32"]["trainable_parameters"], by_name["full_fp32"]["trainable_parameters"])
         self.assertGreater(report["roof_gflops"]["fp32"]["roof"], 0)

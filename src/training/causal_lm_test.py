@@ -17,9 +17,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from src.common.cpu import autocast
 from src.common.gguf_import import STORE_ENV
+from src.common.models import local_model_dir
 from src.common.testing import run_cli_captured, stories260k_gguf
 from src.training import causal_lm, generate, train_model
+from src.training.causal_lm_config import CausalLMConfig
 
 FAST = ["--max_steps", "12", "--learning_rate", "2e-3", "--warmup_steps", "0", "--max_eval_samples", "24",
         "--max_new_tokens", "8", "--disable_tqdm", "true", "--seed", "3"]  # fmt: skip
@@ -53,7 +56,8 @@ class CausalLMTest(unittest.TestCase):
         self.assertGreater(report["train"]["tokens_per_second"], 0)
 
     def test_lora_trains_only_the_adapter_and_round_trips(self):
-        report = self.train("lora", "--merge_adapter", "true")
+        # fp32, so that "the merged model is exactly base + B @ A" and the round trip compare exact arithmetic.
+        report = self.train("lora", "--merge_adapter", "true", "--precision", "fp32")
         self.assert_learned(report)
         adapter_dir, merged_dir = Path(report["saved"]["adapter"]), Path(report["saved"]["merged"])
         self.assertLess(report["adapter_bytes"], 1_000_000)  # the adapter alone, not the model
@@ -99,6 +103,31 @@ class CausalLMTest(unittest.TestCase):
         report = self.train("qlora", "--method", "qlora")
         self.assert_learned(report)
         self.assertIsNotNone(report["saved"]["adapter"])
+
+    def test_lora_bf16_keeps_the_frozen_base_in_bf16_and_trains_fp32_adapters(self):
+        # prepare_model is what the job uses for --precision bf16; called directly so that the dtype layout is
+        # checked on any CPU (without native bf16 the arithmetic is only slower).
+        source = local_model_dir(self.model)
+        config = CausalLMConfig(model=self.model, output_dir=str(self.tmp / "unused"))
+        model, _ = causal_lm.prepare_model(config, source, "bf16")
+        trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
+        self.assertTrue(trainable and all("lora_" in name for name in trainable))
+        self.assertEqual({p.dtype for p in trainable.values()}, {torch.float32})
+        self.assertEqual({p.dtype for p in frozen.values()}, {torch.bfloat16})
+
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        optimizer = torch.optim.AdamW(trainable.values(), lr=1e-2)
+        ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+        for _ in range(2):  # lora_B starts at zero: the second step is the first to move lora_A
+            with autocast("bf16"):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        for name, p in model.named_parameters():
+            changed = not torch.equal(p.detach(), before[name])
+            self.assertEqual(changed, name in trainable, name)
 
     def test_full_fine_tuning_trains_every_weight(self):
         report = self.train("full", "--method", "full", "--learning_rate", "1e-3")
