@@ -8,9 +8,11 @@
 #   3. a worker killed with SIGKILL (with the action it runs) mid-training;
 #   4. the whole deployment stopped mid-training, with --remote_local_fallback;
 #   5. the same without it.
+# With --sweep, only this instead: //src/experiments:lr_sweep (one training
+# action per learning rate) built from scratch on 1 worker, then on 2.
 # Prints a table of results; logs and Bazel outputs stay in the work dir printed.
 #
-# usage: tools/remote/measure.sh [--target LABEL] [--port PORT] [--pg-port PORT] [--skip-failures]
+# usage: tools/remote/measure.sh [--target LABEL] [--port PORT] [--pg-port PORT] [--skip-failures | --sweep]
 #   --skip-failures   only 1 and 2 (no killed worker, no stopped deployment)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -19,12 +21,14 @@ target=//src/training:training_test
 port=50071
 pg_port=54349
 failures=1
+sweep=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --target) target="${2:?--target needs a value}"; shift 2 ;;
     --port) port="${2:?--port needs a value}"; shift 2 ;;
     --pg-port) pg_port="${2:?--pg-port needs a value}"; shift 2 ;;
     --skip-failures) failures=0; shift ;;
+    --sweep) sweep=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "measure.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -34,7 +38,8 @@ remote_venv="${REMOTE_VENV:-/opt/cpu-finetune/remote-venv}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/cpu-finetune-measure.XXXXXX")"
 chmod 755 "$work"
 state="$work/state"
-deployment=(tools/remote/selfhosted.sh --state-dir "$state" --port "$port" --pg-port "$pg_port" --workers 2)
+selfhosted=(tools/remote/selfhosted.sh --state-dir "$state" --port "$port" --pg-port "$pg_port")
+deployment=("${selfhosted[@]}" --workers 2)
 remote=(--config=selfhosted "--remote_executor=grpc://127.0.0.1:$port" --disk_cache=)
 fresh=(--nocache_test_results --noremote_accept_cached)
 results="$work/results.txt"
@@ -82,6 +87,20 @@ wait_for_training() {
   done
   return 1
 }
+
+if [[ $sweep -eq 1 ]]; then
+  sweep_target=//src/experiments:lr_sweep
+  for workers in 1 2; do
+    "${selfhosted[@]}" --workers "$workers" start
+    bazel clean >/dev/null 2>&1
+    measure "sweep-$workers-worker" build "${remote[@]}" --noremote_accept_cached "$sweep_target"
+  done
+  cp bazel-bin/src/experiments/lr_sweep.md "$work/" 2>/dev/null && cat "$work/lr_sweep.md"
+  echo
+  echo "== results ($(nproc) cores, load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+  cat "$results"
+  exit 0
+fi
 
 "${deployment[@]}" start
 log "warming up: building $target locally and remotely (not timed)"
