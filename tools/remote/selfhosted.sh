@@ -129,8 +129,8 @@ do_install() {
   if [[ -x "$remote_venv/bin/bgd" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return 0
   fi
-  "$python" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' \
-    || die "Python 3.11+ is required for BuildGrid (set SETUP_PYTHON)"
+  "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+    || die "Python 3.11 is required: the lock is resolved for it (set SETUP_PYTHON)"
   if [[ ! -x "$remote_venv/bin/python" ]]; then
     log "creating $remote_venv"
     mkdir -p "$(dirname "$remote_venv")"
