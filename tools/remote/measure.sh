@@ -60,7 +60,7 @@ measure() {
   set -e
   wall="$(since "$start")"
   elapsed="$(grep -oE 'Elapsed time: [0-9.]+s' "$work/$name.log" | tail -n 1 | grep -oE '[0-9.]+' || echo '?')"
-  passed="$(grep -oE "$target +(\(cached\) )?[A-Z]+ in [0-9.]+s" "$work/$name.log" | tail -n 1 || echo '?')"
+  passed="$(grep -oE "$target +(\(cached\) )?[A-Z]+ in [0-9.]+s" "$work/$name.log" | tail -n 1 || true)"
   printf '%-28s exit=%-3s wall=%6ss bazel_elapsed=%ss  %s\n' "$name" "$rc" "$wall" \
     "$elapsed" "$passed" | tee -a "$results"
 }
