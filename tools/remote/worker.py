@@ -59,6 +59,8 @@ DEFAULT_PROPERTIES = ("OSFamily=Linux",)
 # lasts 80% of it, a busy worker sends a heartbeat every BUSY_HEARTBEAT_S.
 DEFAULT_POLL_TIMEOUT_S = 10.0
 BUSY_HEARTBEAT_S = 2.0
+# Wait between attempts to reach a server that is down (workers may start first).
+RECONNECT_S = 5.0
 # Blobs up to this size go through BatchReadBlobs/BatchUpdateBlobs (BuildGrid's
 # request limit is 4 MiB); larger ones through ByteStream in chunks.
 BATCH_LIMIT_BYTES = 2 * 1024 * 1024
@@ -404,14 +406,15 @@ def execute(
 
 @dataclass
 class RunningLease:
+    """The one lease this worker works on, and what became of it."""
+
     lease_id: str
-    thread: threading.Thread
-    execution: Execution | None = None
-    process: subprocess.Popen | None = None
+    execution: Execution | None = None  # Set by the executing thread when done.
+    process: subprocess.Popen | None = None  # The command, once started.
     cancelled: bool = False
 
     def cancel(self) -> None:
-        """Kills the command's process group now, or as soon as it starts."""
+        """Kills the command's session now, or as soon as it starts."""
         self.cancelled = True
         self._kill_if_cancelled()
 
@@ -462,9 +465,22 @@ class Worker:
         LOG.info("bot session %s created with properties %s", session.name, self._properties)
         return session
 
-    def run(self) -> None:
-        session = self._new_session()
+    def _connect(self) -> bots_pb2.BotSession | None:
+        """A new bot session; waits while the server is unreachable (not started yet,
+        restarting). None if stopped meanwhile."""
         while not self._stop.is_set():
+            try:
+                return self._new_session()
+            except grpc.RpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                LOG.warning("server unreachable (%s); retrying in %.0f s", error.details(), RECONNECT_S)
+                self._stop.wait(RECONNECT_S)
+        return None
+
+    def run(self) -> None:
+        session = self._connect()
+        while session is not None and not self._stop.is_set():
             session = self._handle_leases(session)
             busy = self._running is not None
             try:
@@ -478,7 +494,7 @@ class Worker:
                 if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                     # The server forgot this session (restart, or it expired): start a new one.
                     LOG.warning("bot session lost (%s); creating a new one", error.details())
-                    session = self._new_session()
+                    session = self._connect()
                     continue
                 LOG.warning("UpdateBotSession failed: %s %s; retrying", error.code(), error.details())
                 self._stop.wait(BUSY_HEARTBEAT_S)
@@ -522,10 +538,9 @@ class Worker:
             digest = re_pb2.Digest()
             lease.payload.Unpack(digest)
             action = self._cas.read_message(digest, re_pb2.Action)  # type: ignore[assignment]
-        running = RunningLease(lease_id=lease.id, thread=threading.Thread(target=lambda: None))
-        running.thread = threading.Thread(target=self._execute, args=(running, action), daemon=True)
+        running = RunningLease(lease_id=lease.id)
         self._running = running
-        running.thread.start()
+        threading.Thread(target=self._execute, args=(running, action), daemon=True).start()
 
     def _execute(self, running: RunningLease, action: re_pb2.Action) -> None:
         action_digest = digest_of(action.SerializeToString())
@@ -568,6 +583,9 @@ def open_channel(server: str) -> grpc.Channel:
     options = [
         ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+        # Reconnect to a restarted server within seconds (gRPC's default backoff grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 1000),
+        ("grpc.max_reconnect_backoff_ms", int(RECONNECT_S * 1000)),
     ]
     if server.startswith("grpcs://"):
         return grpc.secure_channel(server.removeprefix("grpcs://"), grpc.ssl_channel_credentials(), options)

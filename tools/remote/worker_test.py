@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 import unittest
 from pathlib import Path
@@ -156,7 +155,7 @@ class RunCommandTest(unittest.TestCase):
 
 class CancelTest(unittest.TestCase):
     def test_a_lease_cancelled_before_its_command_starts_kills_it_on_start(self) -> None:
-        running = worker.RunningLease(lease_id="lease", thread=threading.Thread(target=lambda: None))
+        running = worker.RunningLease(lease_id="lease")
         running.cancel()
         command = re_pb2.Command(arguments=["/bin/sh", "-c", "sleep 30"])
         with tempfile.TemporaryDirectory() as tmp:
