@@ -107,6 +107,25 @@ log "warming up: building $target locally and remotely (not timed)"
 bazel build "$target" >"$work/warm-local.log" 2>&1
 bazel build "${remote[@]}" "$target" >"$work/warm-remote.log" 2>&1
 
+# Starts the training test remotely (extra bazel flags after NAME), stops the whole
+# deployment 20 s into the training, and records what Bazel did.
+stop_deployment_mid_training() {
+  local name="$1"
+  shift
+  bazel test "${remote[@]}" "${fresh[@]}" "$@" --test_summary=short "$target" >"$work/$name.log" 2>&1 &
+  local bazel_pid=$!
+  local start
+  start=$(now_ms)
+  wait_for_training >/dev/null || { log "training never started"; exit 1; }
+  sleep 20
+  log "stopping the deployment at +$(since "$start")s"
+  "${deployment[@]}" stop >/dev/null 2>&1
+  set +e; wait "$bazel_pid"; rc=$?; set -e
+  printf '%-28s exit=%-3s wall=%6ss  %s\n' "$name" "$rc" "$(since "$start")" \
+    "$(grep -oE "$target +[A-Z]+ in [0-9.]+s" "$work/$name.log" | tail -n 1)" | tee -a "$results"
+  grep -E "WARNING|ERROR|FAILED|processes:" "$work/$name.log" | cut -c1-300 | head -n 5 | tee -a "$results" || true
+}
+
 log "1. local vs remote (both really run)"
 measure local test "${fresh[@]}" "$target"
 measure remote test "${remote[@]}" "${fresh[@]}" "$target"
@@ -134,36 +153,16 @@ if [[ $failures -eq 1 ]]; then
   set +e; wait "$bazel_pid"; rc=$?; set -e
   printf '%-28s exit=%-3s wall=%6ss  %s\n' killed-worker "$rc" "$(since "$start")" \
     "$(grep -oE "$target +[A-Z]+ in [0-9.]+s" "$work/killed-worker.log" | tail -n 1)" | tee -a "$results"
+  grep -E "WARNING|ERROR|processes:" "$work/killed-worker.log" | head -n 5 | tee -a "$results" || true
   "$remote_venv/bin/python" tools/remote/check_run.py intervals "$state/logs" | tee -a "$results"
   "${deployment[@]}" start >/dev/null 2>&1
 
   log "4. stop the whole deployment mid-training, with --remote_local_fallback"
-  bazel test "${remote[@]}" "${fresh[@]}" --remote_local_fallback --test_summary=short "$target" \
-    >"$work/server-down-fallback.log" 2>&1 &
-  bazel_pid=$!
-  start=$(now_ms)
-  wait_for_training >/dev/null || { log "training never started"; exit 1; }
-  sleep 20
-  log "stopping the deployment at +$(since "$start")s"
-  "${deployment[@]}" stop >/dev/null 2>&1
-  set +e; wait "$bazel_pid"; rc=$?; set -e
-  printf '%-28s exit=%-3s wall=%6ss  %s\n' server-down-fallback "$rc" "$(since "$start")" \
-    "$(grep -oE "$target +[A-Z]+ in [0-9.]+s" "$work/server-down-fallback.log" | tail -n 1)" | tee -a "$results"
-  grep -E "WARNING|ERROR|processes:" "$work/server-down-fallback.log" | head -n 5 | tee -a "$results" || true
-  grep -E "WARNING|ERROR|processes:" "$work/killed-worker.log" | head -n 5 | tee -a "$results" || true
+  stop_deployment_mid_training server-down-fallback --remote_local_fallback
   "${deployment[@]}" start >/dev/null 2>&1
 
   log "5. stop the whole deployment mid-training, without --remote_local_fallback"
-  bazel test "${remote[@]}" "${fresh[@]}" --test_summary=short "$target" >"$work/server-down.log" 2>&1 &
-  bazel_pid=$!
-  start=$(now_ms)
-  wait_for_training >/dev/null || { log "training never started"; exit 1; }
-  sleep 20
-  log "stopping the deployment at +$(since "$start")s"
-  "${deployment[@]}" stop >/dev/null 2>&1
-  set +e; wait "$bazel_pid"; rc=$?; set -e
-  printf '%-28s exit=%-3s wall=%6ss\n' server-down "$rc" "$(since "$start")" | tee -a "$results"
-  grep -E "WARNING|ERROR|FAILED|processes:" "$work/server-down.log" | cut -c1-300 | head -n 5 | tee -a "$results" || true
+  stop_deployment_mid_training server-down
 fi
 
 echo
