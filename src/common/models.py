@@ -8,6 +8,7 @@ A model source is one string:
   org/name          a Hugging Face Hub id, loaded from the local hub cache or downloaded when online
 """
 
+import gc
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -176,6 +177,20 @@ def load_causal_lm(
     elif quantization is not None:
         raise UserError(f"unknown quantization {quantization!r}; use nf4")
     try:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error("model", source, e) from None
+    if quantization is not None:
+        release_checkpoint_file(model)
+    return model
+
+
+def release_checkpoint_file(model: PreTrainedModel) -> None:
+    """Copy the weights that still point into the memory-mapped checkpoint (embeddings, norms) into memory of
+    their own, so that the file is unmapped: otherwise all of it stays resident after quantization (its
+    full-precision weights were read to quantize them), ~0.5 GiB of peak RSS for a 135M model in fp32."""
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if param.dtype.is_floating_point:  # quantized weights are packed integers, already copies
+                param.data = param.data.clone()
+    gc.collect()

@@ -37,7 +37,7 @@ from transformers import (
     set_seed,
 )
 
-from src.common.cpu import configure_threads, cpu_flags, supports_bf16
+from src.common.cpu import allocator_in_use, configure_threads, cpu_flags, restart_with_fast_allocator, supports_bf16
 from src.common.data import ID2LABEL, LABEL2ID, LABEL_NAMES, PaddingCollator, load_data, tokenize
 from src.common.errors import CliArgumentParser, UserError, run_cli
 from src.common.logging_utils import setup_logging
@@ -273,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": args.mode,
         "data": args.data,
         "threads": threads,
+        "allocator": allocator_in_use(),
         "cpu_bf16": supports_bf16(cpu_flags()),
         "machine": platform.processor() or platform.machine(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
@@ -319,4 +320,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_fast_allocator()
     sys.exit(run_cli(main))

@@ -5,6 +5,7 @@ by exactly the adapter's update); save -> load -> generate reproduces the traine
 the QLoRA (4-bit base) and full fine-tuning paths train; bad input fails with one line before any training.
 """
 
+import gc
 import json
 import os
 import shutil
@@ -14,12 +15,13 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from src.common.cpu import autocast
 from src.common.gguf_import import STORE_ENV
-from src.common.models import local_model_dir
+from src.common.models import load_causal_lm, local_model_dir
 from src.common.testing import run_cli_captured, stories260k_gguf
 from src.training import causal_lm, generate, train_model
 from src.training.causal_lm_config import CausalLMConfig
@@ -104,6 +106,26 @@ class CausalLMTest(unittest.TestCase):
         self.assert_learned(report)
         self.assertIsNotNone(report["saved"]["adapter"])
 
+    def test_a_4bit_base_does_not_keep_its_checkpoint_file_mapped(self):
+        # Quantizing reads every fp32 weight of the memory-mapped checkpoint; were the embeddings still to point
+        # into it, the whole file would stay resident (peak RSS). An fp32 load maps it (zero-copy): the check can
+        # tell the difference.
+        source = local_model_dir(self.model)
+        files = [os.path.realpath(f) for f in Path(source).glob("*.safetensors")]
+        self.assertTrue(files)
+
+        def mapped() -> bool:
+            maps = Path("/proc/self/maps").read_text()
+            return any(f in maps for f in files)
+
+        fp32 = load_causal_lm(source)
+        self.assertTrue(mapped())
+        del fp32
+        gc.collect()
+        nf4 = load_causal_lm(source, quantization="nf4")
+        self.assertFalse(mapped())
+        self.assertTrue(any(p.dtype == torch.uint8 for p in nf4.parameters()))
+
     def test_lora_bf16_keeps_the_frozen_base_in_bf16_and_trains_fp32_adapters(self):
         # prepare_model is what the job uses for --precision bf16; called directly so that the dtype layout is
         # checked on any CPU (without native bf16 the arithmetic is only slower).
@@ -119,6 +141,20 @@ class CausalLMTest(unittest.TestCase):
         before = {name: p.detach().clone() for name, p in model.named_parameters()}
         optimizer = torch.optim.AdamW(trainable.values(), lr=1e-2)
         ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+        # prepare_model turns off peft's cast of LoRA inputs to the fp32 adapters' dtype (autocast casts them back
+        # to bf16 anyway): the logits must be exactly those with peft's casting.
+        lora_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        self.assertFalse(any(layer.cast_input_dtype_enabled for layer in lora_layers))
+        model.eval()
+        with torch.no_grad(), autocast("bf16"):
+            fast = model(input_ids=ids).logits
+            for layer in lora_layers:
+                layer.cast_input_dtype_enabled = True
+            reference = model(input_ids=ids).logits
+            for layer in lora_layers:
+                layer.cast_input_dtype_enabled = False
+        self.assertTrue(torch.equal(fast, reference))
+        model.train()
         for _ in range(2):  # lora_B starts at zero: the second step is the first to move lora_A
             with autocast("bf16"):
                 loss = model(input_ids=ids, labels=ids).loss

@@ -27,7 +27,13 @@ from torch.utils.data import DataLoader
 from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from src.common.checkpoints import ResumableTrainer, checkpoint_step, latest_complete_checkpoint
-from src.common.cpu import autocast, configure_threads, peak_rss_mib
+from src.common.cpu import (
+    allocator_in_use,
+    autocast,
+    configure_threads,
+    peak_rss_mib,
+    restart_with_fast_allocator,
+)
 from src.common.data import (
     ID2LABEL,
     LABEL2ID,
@@ -207,6 +213,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         "examples": {"train": len(train_set), "validation": len(eval_set)},
         "precision": precision,
         "threads": threads,
+        "allocator": allocator_in_use(),
         "before": asdict(before),
         "after": asdict(after),
         "sample_prediction": sample,
@@ -254,7 +261,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"model      {report['model']}",
         f"data       {report['data']} ({examples['train']} train / {examples['validation']} validation)",
-        f"precision  {report['precision']}, {report['threads']} threads",
+        f"precision  {report['precision']}, {report['threads']} threads, {report['allocator']} malloc",
         "",
         f"{'metric':<10}  {'before':>7}  {'after':>7}",
         *(f"{name:<10}  {before['metrics'][name]:>7.4f}  {after['metrics'][name]:>7.4f}" for name in METRIC_NAMES),
@@ -311,4 +318,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_fast_allocator()
     sys.exit(run_cli(main))
