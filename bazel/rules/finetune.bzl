@@ -222,17 +222,11 @@ def finetuned_model(name, visibility = None, **kwargs):
     """
     _finetuned_model(name = name, visibility = visibility, **kwargs)
     tags = kwargs.get("tags", [])
-    native.filegroup(
-        name = name + "_model_dir",
-        srcs = [":" + name],
-        output_group = "model_dir",
-        tags = tags,
-        visibility = visibility,
-    )
-    native.filegroup(
-        name = name + "_metrics",
-        srcs = [":" + name],
-        output_group = "metrics",
-        tags = tags,
-        visibility = visibility,
-    )
+    for group in ("model_dir", "metrics"):
+        native.filegroup(
+            name = name + "_" + group,
+            srcs = [":" + name],
+            output_group = group,
+            tags = tags,
+            visibility = visibility,
+        )
