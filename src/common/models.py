@@ -140,15 +140,39 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
 
 
 def load_sequence_classifier(
-    source: str, num_labels: int, id2label: dict[int, str], label2id: dict[str, int]
+    source: str,
+    num_labels: int,
+    id2label: dict[int, str],
+    label2id: dict[str, int],
+    *,
+    dropout: float | None = None,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
-    """A sequence-classification model in fp32 (the classifier head is newly initialised for a base model)."""
+    """A sequence-classification model in fp32 (the classifier head is newly initialised for a base model).
+
+    dropout: the probability of every dropout layer in training (hidden states, attention probabilities, the
+    classifier head); None keeps the model's own. The saved config keeps the model's own values.
+    attn_implementation: transformers' attention kernel (eager, sdpa); None lets transformers choose (sdpa).
+    """
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, id2label=id2label, label2id=label2id, dtype=torch.float32
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, id2label=id2label, label2id=label2id, dtype=torch.float32, **kwargs
         )
     except (OSError, ValueError) as e:
         raise _load_error("model", source, e) from None
+    if dropout is not None:
+        set_dropout(model, dropout)
+    return model
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set the probability of every torch.nn.Dropout in `model` (transformers' attention reads its dropout
+    module's p too); returns how many were set."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for layer in layers:
+        layer.p = p
+    return len(layers)
 
 
 def local_model_dir(source: str) -> str:

@@ -45,6 +45,9 @@ class BenchTrainingTest(unittest.TestCase):
         self.assertEqual(seed["examples"], 6 * 16)
         self.assertEqual(seed["tokens_executed"], 6 * 16 * 128)  # the seed pads everything to 128
         self.assertLess(fast["tokens_executed"] / fast["examples"], 32)  # dynamic padding: short sentences
+        # The seed keeps the model's own dropout (0.1 in the tiny BERT's config) and transformers' SDPA attention.
+        self.assertEqual((seed["dropout"], seed["attention"]), ([0.1], "sdpa"))
+        self.assertEqual((fast["dropout"], fast["attention"]), ([0.0], "eager"))
         self.assertAlmostEqual(
             report["speedup_vs_seed"], fast["examples_per_second"] / seed["examples_per_second"], places=6
         )

@@ -80,7 +80,7 @@ class CausalLMConfig(JobConfig):
         default=0.0,
         metadata={
             "help": "Dropout on the LoRA input, in [0, 1). Off by default (as in peft and torchtune): on CPU its "
-            "random masks cost ~20% of a LoRA step (bench_causal_lm); 0.05-0.1 regularises small datasets."
+            "random masks cost about a fifth of a LoRA step (bench_causal_lm); 0.05-0.1 regularises small datasets."
         },
     )
     lora_target_modules: str = field(

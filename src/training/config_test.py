@@ -60,6 +60,7 @@ class DefaultsTest(ConfigTestCase):
         self.assertFalse(c.bf16)
         self.assertEqual((c.checkpoint_every, c.resume, c.save_total_limit), (0, False, 2))
         self.assertIsNone(c.resume_from_checkpoint)
+        self.assertEqual((c.dropout, c.attn_implementation), (0.0, "eager"))
 
     def test_relative_output_dir_is_relative_to_the_users_directory(self):
         with mock.patch.dict(os.environ, {BAZEL_WORKING_DIR_ENV: "/home/me/repo"}):
@@ -99,6 +100,9 @@ class ValidationTest(ConfigTestCase):
             ("--max_train_samples", "0"): "--max_train_samples must be >= 1",
             ("--expect_min_accuracy", "80"): "--expect_min_accuracy must be in [0, 1]",
             ("--sample_text", " "): "--sample_text must not be empty",
+            ("--dropout", "1"): "--dropout must be in [0, 1)",
+            ("--dropout", "-0.1"): "--dropout must be in [0, 1)",
+            ("--attn_implementation", "flash"): "invalid choice",
             ("--checkpoint_every", "-1"): "--checkpoint_every must be >= 0",
             ("--checkpoint_every", "5", "--save_strategy", "epoch"): "drop one of them",
             ("--save_total_limit", "0"): "--save_total_limit must be >= 1",
@@ -179,6 +183,7 @@ class ConfigFileTest(ConfigTestCase):
         c = parse_config(["--config", path, "--max_train_samples", "7"])
         self.assertEqual((c.max_length, c.max_train_samples), (64, 7))
         self.assertIsNone(parse_config(["--config", path]).max_train_samples)
+        self.assertIsNone(parse_config(["--config", self.write("d.yaml", "dropout: null\n")]).dropout)
 
     def test_bad_config_files(self):
         self.assertUserError(["--config", self.write("u.json", '{"learning_rat": 1}')], "unknown keys: learning_rat")

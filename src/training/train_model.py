@@ -152,7 +152,14 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     )
     tokenizer = load_tokenizer(source)
     set_seed(config.seed)  # before the model load: the new classifier head is randomly initialised
-    model = load_sequence_classifier(source, num_labels=len(LABEL_NAMES), id2label=ID2LABEL, label2id=LABEL2ID)
+    model = load_sequence_classifier(
+        source,
+        num_labels=len(LABEL_NAMES),
+        id2label=ID2LABEL,
+        label2id=LABEL2ID,
+        dropout=config.dropout,
+        attn_implementation=config.attn_implementation,
+    )
     encoded = tokenize(raw, tokenizer, config.max_length)
     train_set, eval_set = encoded["train"], encoded["validation"]
     collator = PaddingCollator(tokenizer)

@@ -1,6 +1,8 @@
 """End-to-end tests of the real entry point on a tiny random BERT and an easy synthetic data set."""
 
+import contextlib
 import functools
+import io
 import json
 import math
 import os
@@ -116,6 +118,15 @@ class TrainModelExitCodeTest(unittest.TestCase):
         self.assertUsageError(["--data", str(self.dir / "no-such-folder")], "no-such-folder")
         self.assertUsageError(["--model", "builtin:unknown"], "unknown builtin model")
         self.assertUsageError(["--bogus"], "unrecognized arguments: --bogus")
+
+    def test_help_describes_every_flag(self):
+        # Help texts go through argparse's %-formatting: a stray % in one breaks --help for every flag.
+        for task, flag in (([], "--dropout"), (["--task", "causal-lm"], "--lora_r")):
+            stdout = io.StringIO()
+            with self.subTest(task=task), contextlib.redirect_stdout(stdout), self.assertRaises(SystemExit) as exit_:
+                train_model.main([*task, "--help"])
+            self.assertEqual(exit_.exception.code, 0)
+            self.assertIn(flag, stdout.getvalue())
 
     def test_quality_gate_exits_3_and_keeps_outputs(self):
         model_dir = make_tiny_bert(self.dir / "tiny")
