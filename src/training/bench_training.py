@@ -37,18 +37,17 @@ from transformers import (
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
-    set_seed,
 )
 
 from src.common.cpu import allocator_in_use, configure_threads, cpu_flags, restart_with_fast_allocator, supports_bf16
-from src.common.data import ID2LABEL, LABEL2ID, LABEL_NAMES, PaddingCollator, load_data, tokenize
+from src.common.data import PaddingCollator, load_data, tokenize
 from src.common.errors import CliArgumentParser, UserError, run_cli
 from src.common.logging_utils import setup_logging
-from src.common.models import load_sequence_classifier, load_tokenizer, resolve_model_source
+from src.common.models import load_tokenizer, resolve_model_source
 from src.common.paths import atomic_write_json, default_output_dir
 from src.common.roofline import matmul_roof
 from src.training.config import FinetuneConfig, parse_config
-from src.training.train_model import evaluate
+from src.training.train_model import evaluate, load_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -150,17 +149,7 @@ def training_flops(model: torch.nn.Module, batches: Sequence[tuple[int, int, int
 def load_model(config: FinetuneConfig) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """The tokenizer and a freshly seeded sequence classifier, as train_model sets them up."""
     source = resolve_model_source(config.model)
-    tokenizer = load_tokenizer(source)
-    set_seed(config.seed)  # the new classifier head is randomly initialised
-    model = load_sequence_classifier(
-        source,
-        num_labels=len(LABEL_NAMES),
-        id2label=ID2LABEL,
-        label2id=LABEL2ID,
-        dropout=config.dropout,
-        attn_implementation=config.attn_implementation,
-    )
-    return tokenizer, model
+    return load_tokenizer(source), load_classifier(config, source)
 
 
 def run_recipe(name: str, config: FinetuneConfig, steps: int, warmup: int, pad_to: int | None) -> RecipeResult:

@@ -132,6 +132,19 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     return path
 
 
+def load_classifier(config: FinetuneConfig, source: str) -> PreTrainedModel:
+    """The classifier as the job trains it: its new head seeded by --seed, with --dropout and --attn_implementation."""
+    set_seed(config.seed)  # before the model load: the new classifier head is randomly initialised
+    return load_sequence_classifier(
+        source,
+        num_labels=len(LABEL_NAMES),
+        id2label=ID2LABEL,
+        label2id=LABEL2ID,
+        dropout=config.dropout,
+        attn_implementation=config.attn_implementation,
+    )
+
+
 def run(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune as configured; writes <output_dir>/metrics.json (and model/) and returns the same report."""
     started = perf_counter()
@@ -151,15 +164,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         seed=config.seed,
     )
     tokenizer = load_tokenizer(source)
-    set_seed(config.seed)  # before the model load: the new classifier head is randomly initialised
-    model = load_sequence_classifier(
-        source,
-        num_labels=len(LABEL_NAMES),
-        id2label=ID2LABEL,
-        label2id=LABEL2ID,
-        dropout=config.dropout,
-        attn_implementation=config.attn_implementation,
-    )
+    model = load_classifier(config, source)
     encoded = tokenize(raw, tokenizer, config.max_length)
     train_set, eval_set = encoded["train"], encoded["validation"]
     collator = PaddingCollator(tokenizer)
