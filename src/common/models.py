@@ -154,10 +154,14 @@ def load_sequence_classifier(
     classifier head); None keeps the model's own. The saved config keeps the model's own values.
     attn_implementation: transformers' attention kernel (eager, sdpa); None lets transformers choose (sdpa).
     """
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, id2label=id2label, label2id=label2id, dtype=torch.float32, **kwargs
+            source,
+            num_labels=num_labels,
+            id2label=id2label,
+            label2id=label2id,
+            dtype=torch.float32,
+            attn_implementation=attn_implementation,
         )
     except (OSError, ValueError) as e:
         raise _load_error("model", source, e) from None
@@ -166,13 +170,15 @@ def load_sequence_classifier(
     return model
 
 
-def set_dropout(model: torch.nn.Module, p: float) -> int:
-    """Set the probability of every torch.nn.Dropout in `model` (transformers' attention reads its dropout
-    module's p too); returns how many were set."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    for layer in layers:
+def dropout_layers(model: torch.nn.Module) -> list[torch.nn.Dropout]:
+    """Every torch.nn.Dropout in `model` (transformers' attention reads its dropout module's p too)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Set the probability of every dropout layer in `model`."""
+    for layer in dropout_layers(model):
         layer.p = p
-    return len(layers)
 
 
 def local_model_dir(source: str) -> str:

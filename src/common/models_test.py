@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from src.common.data import ID2LABEL, LABEL2ID
-from src.common.models import load_sequence_classifier
+from src.common.models import dropout_layers, load_sequence_classifier
 from src.common.testing import make_tiny_bert
 
 
@@ -34,7 +34,7 @@ class SequenceClassifierOptionsTest(unittest.TestCase):
 
     def test_dropout_none_keeps_the_models_own(self):
         model = self.load(dropout=None)
-        probabilities = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        probabilities = {layer.p for layer in dropout_layers(model)}
         self.assertEqual(probabilities, {model.config.hidden_dropout_prob})
         self.assertGreater(model.config.hidden_dropout_prob, 0)
         first, second = self.train_mode_logits_twice(model)
@@ -42,7 +42,7 @@ class SequenceClassifierOptionsTest(unittest.TestCase):
 
     def test_dropout_value_reaches_every_dropout_layer_but_not_the_saved_config(self):
         model = self.load(dropout=0.3)
-        layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        layers = dropout_layers(model)
         self.assertGreaterEqual(len(layers), 2 * model.config.num_hidden_layers + 2)  # per layer x2, embeddings, head
         self.assertEqual({m.p for m in layers}, {0.3})
         self.assertEqual(model.config.hidden_dropout_prob, 0.1)  # a saved model keeps the architecture's own

@@ -43,7 +43,7 @@ from src.common.cpu import allocator_in_use, configure_threads, cpu_flags, resta
 from src.common.data import PaddingCollator, load_data, tokenize
 from src.common.errors import CliArgumentParser, UserError, run_cli
 from src.common.logging_utils import setup_logging
-from src.common.models import load_tokenizer, resolve_model_source
+from src.common.models import dropout_layers, load_tokenizer, resolve_model_source
 from src.common.paths import atomic_write_json, default_output_dir
 from src.common.roofline import matmul_roof
 from src.training.config import FinetuneConfig, parse_config
@@ -194,7 +194,7 @@ def run_recipe(name: str, config: FinetuneConfig, steps: int, warmup: int, pad_t
         examples_per_second=examples / seconds,
         train_tflop=flops / 1e12,
         gflops_per_second=flops / seconds / 1e9,
-        dropout=sorted({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}),
+        dropout=sorted({layer.p for layer in dropout_layers(model)}),
         attention=model.config._attn_implementation,
     )
 
@@ -305,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     roof = {"fp32": matmul_roof(torch.float32, ROOF_SHAPES), "bf16": matmul_roof(torch.bfloat16, ROOF_SHAPES)}
     seed_flags = [x for name, value in SEED_RECIPE.items() if value is not None for x in (f"--{name}", str(value))]
     seed_config = parse_config(common + seed_flags)
-    seed_config.dropout = SEED_RECIPE["dropout"]
+    for name, value in SEED_RECIPE.items():
+        if value is None:  # no flag spells None ("the model's own"): set it on the parsed config
+            setattr(seed_config, name, value)
     seed = run_recipe("seed", seed_config, args.steps, args.warmup_steps, pad_to=128)
     fast_config = parse_config(common + job_flags)
     fast = run_recipe("default", fast_config, args.steps, args.warmup_steps, pad_to=None)
