@@ -1,41 +1,27 @@
 #!/usr/bin/env bash
-# The one wrapper every sh_test uses to run Python: it takes the interpreter the
-# execution environment provides, so the same test runs locally, in the offline
-# Bazel mode and on remote workers (whose image has the venv at the same path).
+# The one wrapper every sh_test uses to run Python: it runs a py_binary from the test's runfiles, whose launcher
+# brings the interpreter and packages the build declared, so the same test runs in both Bazel modes and on remote
+# workers:
+#   connected mode (Bazel 8)  rules_python's toolchain interpreter and the @pypi wheels in the runfiles
+#   offline mode (Bazel 4)    the venv tools/setup.sh builds (the toolchain; @pypi records its locked versions)
+#   --config=remote           the worker image's interpreter and packages (//bazel/platforms:image_python_toolchain)
 #
-# usage: python_provider.sh -m MODULE [ARGS...]
-#        python_provider.sh path/to/script.py [ARGS...]
+# usage: python_provider.sh BINARY [ARGS...]
+#   BINARY  the runfiles path of a py_binary in the sh_test's data, e.g. $(rootpath //src/training:train_model)
 #
-# Interpreter, first found:  $PYTHON, $CPU_FINETUNE_VENV/bin/python
-# (default /opt/cpu-finetune/venv), python3 on PATH.
-# Under `bazel test`, outputs (metrics JSON, plots, models) go to
-# $TEST_UNDECLARED_OUTPUTS_DIR via $CPU_FINETUNE_OUTPUT_DIR, and the Hugging Face
-# cache to the test's private $TEST_TMPDIR unless HF_HOME is set.
+# Under `bazel test`, outputs (metrics JSON, plots, models) go to $TEST_UNDECLARED_OUTPUTS_DIR via
+# $CPU_FINETUNE_OUTPUT_DIR, and the Hugging Face cache to the test's private $TEST_TMPDIR unless HF_HOME is set.
 set -euo pipefail
 
 die() { echo "python_provider.sh: $*" >&2; exit 2; }
 
-[[ $# -ge 1 ]] || die "usage: python_provider.sh -m MODULE [ARGS...] | SCRIPT.py [ARGS...]"
+[[ $# -ge 1 ]] || die "usage: python_provider.sh BINARY [ARGS...] (BINARY: \$(rootpath) of a py_binary in data)"
+[[ -n "${TEST_SRCDIR:-}" && -n "${TEST_WORKSPACE:-}" ]] \
+  || die "runs a py_binary from a test's runfiles: use it as an sh_test's srcs (outside Bazel: bazel run the binary)"
 
-venv="${CPU_FINETUNE_VENV:-/opt/cpu-finetune/venv}"
-if [[ -n "${PYTHON:-}" ]]; then
-  python="$PYTHON"
-elif [[ -x "$venv/bin/python" ]]; then
-  python="$venv/bin/python"
-elif command -v python3 >/dev/null; then
-  python="$(command -v python3)"
-else
-  die "no Python interpreter: set PYTHON, create the venv with tools/setup_venv.sh, or put python3 on PATH"
-fi
-
-# Imports are from the repository root: the main repo's runfiles tree under
-# Bazel, else the directory of this script (a plain checkout).
-if [[ -n "${TEST_SRCDIR:-}" && -n "${TEST_WORKSPACE:-}" ]]; then
-  root="$TEST_SRCDIR/$TEST_WORKSPACE"
-else
-  root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-fi
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+binary="$TEST_SRCDIR/$TEST_WORKSPACE/$1"
+shift
+[[ -f "$binary" && -x "$binary" ]] || die "no py_binary at $binary: add it to the sh_test's data and pass its \$(rootpath)"
 
 if [[ -n "${TEST_UNDECLARED_OUTPUTS_DIR:-}" ]]; then
   export CPU_FINETUNE_OUTPUT_DIR="$TEST_UNDECLARED_OUTPUTS_DIR"
@@ -43,16 +29,6 @@ fi
 if [[ -n "${TEST_TMPDIR:-}" && -z "${HF_HOME:-}" ]]; then
   export HF_HOME="$TEST_TMPDIR/hf_home"
 fi
-
-if [[ "$1" == "-m" ]]; then
-  [[ $# -ge 2 ]] || die "-m needs a module name"
-  module="$2"
-  shift 2
-  exec "$python" -m "$module" "$@"
-fi
-
-script="$1"
-shift
-[[ "$script" == /* ]] || script="$root/$script"
-[[ -f "$script" ]] || die "no such script: $script"
-exec "$python" "$script" "$@"
+# The launcher finds its runfiles (interpreter, packages, sources) in the test's tree.
+export RUNFILES_DIR="${RUNFILES_DIR:-$TEST_SRCDIR}"
+exec "$binary" "$@"

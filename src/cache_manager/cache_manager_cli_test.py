@@ -18,7 +18,7 @@ from src.common.paths import BAZEL_TEST_OUTPUTS_ENV
 from src.common.testing import (
     make_tiny_bert,
     run_cli_captured,
-    stories260k_gguf,
+    tiny_llama_gguf,
     synthetic_sentiment_rows,
     write_sst2_folder,
 )
@@ -110,17 +110,17 @@ class InspectCommandsTest(CacheManagerTestCase):
         self.assertEqual(stdout.count("(empty)"), 3)
 
     def test_import_gguf_once_then_listed(self):
-        gguf = str(stories260k_gguf())
+        gguf = str(tiny_llama_gguf())
         code, stdout, stderr = run_main(["import-gguf", gguf])
         self.assertEqual(code, 0, stderr)
-        self.assertIn("stories260K.gguf: imported at", stdout)
+        self.assertIn("tiny_llama.gguf: imported at", stdout)
         entry = next((self.hf_home / "cpu-finetune" / "gguf").iterdir())
         mtime = entry.stat().st_mtime_ns
         code, stdout, stderr = run_main(["import-gguf", gguf])  # the second request finds the import
         self.assertEqual(code, 0, stderr)
         self.assertEqual(entry.stat().st_mtime_ns, mtime)
         code, stdout, _ = run_main(["list"])
-        self.assertIn(f"{entry.name[:12]}  stories260K.gguf", stdout)
+        self.assertIn(f"{entry.name[:12]}  tiny_llama.gguf", stdout)
         code, _, stderr = run_main(["import-gguf", str(self.model_dir)])
         self.assertEqual(code, EXIT_USAGE)
         self.assertIn("is not a GGUF file", stderr)

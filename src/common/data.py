@@ -8,6 +8,7 @@ A data source is one string:
 """
 
 import csv
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from src.common.errors import UserError
-from src.common.paths import looks_like_local_path, resolve_user_path
+from src.common.hub import require_dataset_reachable
+from src.common.paths import looks_like_local_path, read_user_text, resolve_user_path
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def _check_label(value: object, where: str, num_labels: int) -> int:
 
 def read_tsv(path: Path, num_labels: int = len(LABEL_NAMES)) -> Dataset:
     """Read an SST-2 style TSV. Quotes are ordinary characters (QUOTE_NONE): text is kept verbatim."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(read_user_text(path), newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None or TSV_TEXT_COLUMN not in header or LABEL_COLUMN not in header:
@@ -121,7 +123,7 @@ def read_tsv(path: Path, num_labels: int = len(LABEL_NAMES)) -> Dataset:
 def read_jsonl(path: Path, num_labels: int = len(LABEL_NAMES)) -> Dataset:
     """Read JSON lines with `text` and `label` fields; other fields are dropped."""
     texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
+    with io.StringIO(read_user_text(path)) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -147,6 +149,8 @@ def load_hub_dataset(spec: str) -> DatasetDict:
     """Load a Hub dataset (from the network or the local datasets cache) as train/validation text/label."""
     path, config_name = _hub_path_and_config(spec)
     cache = datasets.config.HF_DATASETS_CACHE
+    if not datasets.config.HF_HUB_OFFLINE:  # one quick request first: a missing id or a dead network fails fast
+        require_dataset_reachable(path, spec, cache)
     try:
         loaded = datasets.load_dataset(path, config_name)
     except DatasetNotFoundError as e:  # reached the Hub, which does not know it

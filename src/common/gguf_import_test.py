@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM
 
 from src.common.errors import UserError
 from src.common.gguf_import import IMPORT_FILE, file_sha256, import_gguf, invalid_token_id_keys, list_imports
-from src.common.testing import stories260k_gguf
+from src.common.testing import tiny_llama_gguf
 
-BROKEN_KEYS = ["tokenizer.ggml.seperator_token_id", "tokenizer.ggml.padding_token_id"]  # 0xFFFFFFFF in stories260K
+BROKEN_KEYS = ["tokenizer.ggml.seperator_token_id", "tokenizer.ggml.padding_token_id"]  # 0xFFFFFFFF, as in llama2.c exports
 
 
 class GgufImportTest(unittest.TestCase):
@@ -21,7 +21,7 @@ class GgufImportTest(unittest.TestCase):
         self.tmp = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, self.tmp)
         self.store = self.tmp / "store"
-        self.source = stories260k_gguf()
+        self.source = tiny_llama_gguf()
 
     def test_finds_the_out_of_vocabulary_token_ids(self):
         self.assertEqual(sorted(invalid_token_id_keys(GGUFReader(self.source))), sorted(BROKEN_KEYS))
@@ -38,7 +38,7 @@ class GgufImportTest(unittest.TestCase):
         model = AutoModelForCausalLM.from_pretrained(entry)
         self.assertIsNone(model.config.pad_token_id)
         self.assertEqual(model.config.vocab_size, 512)
-        ids = torch.tensor([[1, 403, 407, 261, 378]])  # "<s> Once upon a time"
+        ids = torch.tensor([[1, 403, 407, 261, 378]])  # <s> and four pieces
         self.assertEqual(model(ids).logits.shape, (1, 5, 512))
 
         mtime = (entry / IMPORT_FILE).stat().st_mtime_ns

@@ -32,7 +32,8 @@ from transformers import PreTrainedTokenizerBase
 
 from src.common.data import BUILTIN_DATA_DIR, BUILTIN_PREFIX, LENGTH_COLUMN
 from src.common.errors import UserError
-from src.common.paths import looks_like_local_path, resolve_user_path
+from src.common.hub import require_dataset_reachable
+from src.common.paths import looks_like_local_path, read_user_text, resolve_user_path
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +160,7 @@ def validate_record(value: Any, fmt: str, where: str) -> Record:
 
 def read_records(path: Path) -> list[Record]:
     """Validated records of a .json or .jsonl file; UserError naming the file, line and field of a bad record."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read data file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"data file {path} is not UTF-8 text") from None
+    text = read_user_text(path)
     items = _iter_json_list(text, path) if path.suffix == ".json" else _iter_jsonl(text, path)
     records: list[Record] = []
     fmt = None
@@ -221,6 +217,8 @@ def find_instruction_files(spec: str) -> InstructionFiles | None:
 
 
 def _hub_records(spec: str) -> list[Record]:
+    if not datasets.config.HF_HUB_OFFLINE:  # one quick request first: a missing id or a dead network fails fast
+        require_dataset_reachable(spec, spec, datasets.config.HF_DATASETS_CACHE)
     try:
         rows = datasets.load_dataset(spec, split="train")
     except (DatasetNotFoundError, FileNotFoundError, ConnectionError, ValueError) as e:

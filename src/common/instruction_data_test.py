@@ -18,7 +18,7 @@ from src.common.instruction_data import (
     read_records,
     tokenize_records,
 )
-from src.common.testing import CHATML_TEMPLATE, stories260k_gguf
+from src.common.testing import CHATML_TEMPLATE, tiny_llama_gguf
 
 ALPACA = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "2 plus 3 is 5."},
@@ -31,7 +31,7 @@ class InstructionDataTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         with mock.patch.dict(os.environ, {"CPU_FINETUNE_GGUF_STORE": cls.tmp.name}):
-            folder = import_gguf(stories260k_gguf())
+            folder = import_gguf(tiny_llama_gguf())
         cls.plain = AutoTokenizer.from_pretrained(folder)  # no chat template: the alpaca prompt is used
         cls.chat = AutoTokenizer.from_pretrained(folder)
         cls.chat.chat_template = CHATML_TEMPLATE

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -28,6 +29,7 @@ from transformers import (
 
 from src.common.errors import UserError
 from src.common.gguf_import import import_gguf
+from src.common.hub import HubAnswer, check_repo, hub_endpoint
 from src.common.paths import looks_like_local_path, resolve_user_path
 
 logger = logging.getLogger(__name__)
@@ -108,13 +110,7 @@ def resolve_model_source(spec: str) -> str:
             raise UserError(f"GGUF file {path} does not exist")
         return str(path)
     if is_hub_id(spec):
-        cached = try_to_load_from_cache(spec, CONFIG_FILE)
-        if not isinstance(cached, str) and is_offline_mode():
-            raise UserError(
-                f"model {spec!r} is not in the local Hugging Face cache at {constants.HF_HUB_CACHE} and "
-                "HF_HUB_OFFLINE is set; run once with network access to download it, or pass a local model directory"
-            )
-        return spec
+        return resolve_hub_model(spec)
     path = resolve_user_path(spec)
     if not path.is_dir():
         raise UserError(
@@ -126,8 +122,46 @@ def resolve_model_source(spec: str) -> str:
     return str(path)
 
 
+def resolve_hub_model(repo_id: str) -> str:
+    """A Hub model id as from_pretrained should load it: the id when the Hub serves it, else its cached snapshot.
+
+    Offline (HF_HUB_OFFLINE) only the cache is used. Online, one quick request asks the Hub first, so a model that
+    does not exist, or a Hub that cannot be reached, fails in seconds instead of after the download retries; a
+    cached model is then loaded from its snapshot folder, with no network at all.
+    """
+    cached = try_to_load_from_cache(repo_id, CONFIG_FILE)
+    snapshot = str(Path(cached).parent) if isinstance(cached, str) else None
+    if is_offline_mode():
+        if snapshot is None:
+            raise UserError(
+                f"model {repo_id!r} is not in the local Hugging Face cache at {constants.HF_HUB_CACHE} and "
+                "HF_HUB_OFFLINE is set; run once with network access to download it, or pass a local model directory"
+            )
+        return repo_id
+    answer, reason = check_repo(repo_id, "model")  # UserError if the Hub says it does not exist
+    if answer is HubAnswer.AVAILABLE:
+        return repo_id
+    if snapshot is not None:
+        logger.warning("the Hugging Face Hub is unreachable (%s); using the cached %s at %s", reason, repo_id, snapshot)
+        return snapshot
+    raise UserError(
+        f"model {repo_id!r} is not in the local Hugging Face cache at {constants.HF_HUB_CACHE} and the Hub at "
+        f"{hub_endpoint()} is unreachable ({reason}); run with network access, or pass a local model directory"
+    )
+
+
+# What a model folder that cannot be loaded raises from from_pretrained: missing or unreadable files (OSError),
+# inconsistent config (ValueError), and a truncated or corrupt weights file (safetensors' SafetensorError).
+LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+
+
 def _load_error(what: str, source: str, error: Exception) -> UserError:
     first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    if isinstance(error, SafetensorError):
+        return UserError(
+            f"could not load the {what} of {source!r}: a .safetensors file is truncated or corrupt ({first_line}); "
+            "re-download or re-save the model"
+        )
     return UserError(f"could not load the {what} of {source!r}: {first_line}")
 
 
@@ -135,7 +169,7 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     """The tokenizer of a resolved model source."""
     try:
         return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
+    except LOAD_ERRORS as e:
         raise _load_error("tokenizer", source, e) from None
 
 
@@ -163,7 +197,7 @@ def load_sequence_classifier(
             dtype=torch.float32,
             attn_implementation=attn_implementation,
         )
-    except (OSError, ValueError) as e:
+    except LOAD_ERRORS as e:
         raise _load_error("model", source, e) from None
     if dropout is not None:
         set_dropout(model, dropout)
@@ -208,7 +242,7 @@ def load_causal_lm(
         raise UserError(f"unknown quantization {quantization!r}; use nf4")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as e:
+    except LOAD_ERRORS as e:
         raise _load_error("model", source, e) from None
     if quantization is not None:
         release_checkpoint_file(model)

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from src.common.errors import UserError
+
 # Set by the test wrappers to Bazel's $TEST_UNDECLARED_OUTPUTS_DIR; wins over everything else.
 OUTPUT_DIR_ENV = "CPU_FINETUNE_OUTPUT_DIR"
 # Set by `bazel test`: files written here are kept as test outputs (outputs.zip).
@@ -40,6 +42,19 @@ def resolve_user_path(path: str | os.PathLike) -> Path:
     if path.is_absolute():
         return path
     return Path(os.environ.get(BAZEL_WORKING_DIR_ENV) or os.getcwd()) / path
+
+
+def read_user_text(path: Path, what: str = "data file") -> str:
+    """The text of a file the user gave, as UTF-8; UserError (one line) if it cannot be read or is not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise UserError(
+            f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
 
 
 def looks_like_local_path(spec: str) -> bool:

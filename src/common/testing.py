@@ -94,12 +94,12 @@ def run_cli_captured(main: Callable[[Sequence[str]], int], argv: Sequence[str]) 
     return code, out.getvalue(), err.getvalue()
 
 
-# A minimal ChatML template, for tests that need a tokenizer with a chat template but only have stories260K's.
+# A minimal ChatML template, for tests that need a tokenizer with a chat template (the tiny GGUF has none).
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-STORIES260K_ENV = "STORIES260K_GGUF"  # set by the BUILD file: $(rootpath @shared//:stories260K)
+TINY_LLAMA_GGUF_ENV = "TINY_LLAMA_GGUF"  # set by the BUILD file: $(rootpath //src/common:tiny_llama_gguf)
 
 
 def declared_file(env_var: str) -> Path:
@@ -112,10 +112,10 @@ def declared_file(env_var: str) -> Path:
         raise AssertionError(f"${env_var} is not set; run this test with bazel test, which declares the file")
     path = Path(value).resolve()
     if not path.is_file():
-        raise AssertionError(f"${env_var} names {path}, which does not exist (is ../shared beside the checkout?)")
+        raise AssertionError(f"${env_var} names {path}, which does not exist")
     return path
 
 
-def stories260k_gguf() -> Path:
-    """The tiny real Llama-architecture GGUF from ../shared (metadata quirks included)."""
-    return declared_file(STORIES260K_ENV)
+def tiny_llama_gguf() -> Path:
+    """The repository's tiny Llama-architecture GGUF (src/common/tiny_llama_gguf.py; llama2.c's metadata quirks)."""
+    return declared_file(TINY_LLAMA_GGUF_ENV)

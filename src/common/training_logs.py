@@ -1,5 +1,5 @@
-"""What a Trainer run reports while it runs: examples/s in the progress bar and logs, every evaluation in a JSON
-file."""
+"""What a Trainer run reports while it runs: one progress bar with throughput and the latest loss, a log line per
+Trainer log, every evaluation in a JSON file."""
 
 import json
 import logging
@@ -9,14 +9,17 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_callback import ProgressCallback
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from src.common.logging_utils import FILE_ONLY, progress_bar
 from src.common.paths import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 EVAL_PREFIX = "eval_"  # the Trainer's metric_key_prefix for evaluations during training
+TRAIN_PHASE = "train"  # the training progress bar's name
 
 
 def examples_per_step(args: TrainingArguments) -> int:
@@ -24,42 +27,119 @@ def examples_per_step(args: TrainingArguments) -> int:
     return args.train_batch_size * args.gradient_accumulation_steps * args.world_size
 
 
-class ThroughputCallback(TrainerCallback):
-    """Adds `examples_per_second` to every training-loss log line (the progress bar shows steps/s and the ETA).
+class Throughput:
+    """Training throughput since this process started training, so a resumed run is not flattered by the steps it
+    skipped: tokens/s where the Trainer counts input tokens (--include_num_input_tokens_seen), else examples/s."""
 
-    Counted from where this process started training, so a resumed run is not flattered by the steps it skipped.
+    def __init__(self):
+        self.start_time: float | None = None
+
+    def start(self, state: TrainerState) -> None:
+        self.start_time, self.start_step = perf_counter(), state.global_step
+        self.start_tokens = state.num_input_tokens_seen
+
+    def describe(self, args: TrainingArguments, state: TrainerState) -> str:
+        """E.g. "5.7 examples/s" or "421 tokens/s"; "" before the first step."""
+        seconds = perf_counter() - self.start_time if self.start_time is not None else 0.0
+        if seconds <= 0 or state.global_step == self.start_step:
+            return ""
+        if args.include_num_input_tokens_seen != "no":
+            return f"{(state.num_input_tokens_seen - self.start_tokens) / seconds:.0f} tokens/s"
+        return f"{(state.global_step - self.start_step) * examples_per_step(args) / seconds:.1f} examples/s"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def describe_logs(logs: Mapping[str, Any], state: TrainerState, throughput: str = "") -> str:
+    """One Trainer log as a line: "step 10/24 (epoch 1.25): loss 0.6725, grad norm 0.539, lr 7.14e-05, 5.7
+    examples/s", "step 8/24 (epoch 1.00): eval loss 0.4624, accuracy 0.9, ... (6.4 s)", or the end of training."""
+    at = f"step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f})"
+    if "train_loss" in logs:  # the Trainer's last log of train()
+        return f"{at}: training done in {logs.get('train_runtime', 0):.1f} s, mean loss {_number(logs['train_loss'])}"
+    if "loss" in logs:
+        names = {"loss": "loss", "grad_norm": "grad norm", "learning_rate": "lr"}
+        parts = [f"{label} {_number(logs[key])}" for key, label in names.items() if logs.get(key) is not None]
+        return f"{at}: " + ", ".join(parts + ([throughput] if throughput else []))
+    evals = {k.removeprefix(EVAL_PREFIX): v for k, v in logs.items() if k.startswith(EVAL_PREFIX)}
+    if evals:
+        runtime = evals.pop("runtime", None)
+        metrics = [f"{k} {_number(v)}" for k, v in evals.items() if not k.endswith("_per_second")]
+        return f"{at}: eval " + ", ".join(metrics) + (f" ({runtime:.1f} s)" if runtime is not None else "")
+    return f"{at}: " + ", ".join(f"{k} {_number(v)}" for k, v in logs.items() if k != "epoch")
+
+
+class StepLogCallback(TrainerCallback):
+    """Each Trainer log (the training loss every --logging_steps, evaluations, the end of training) as one log line.
+
+    file_only: for the log file alone, while the training progress bar shows the latest loss on the console.
     """
 
+    def __init__(self, file_only: bool = False):
+        self.file_only = file_only
+        self.throughput = Throughput()
+
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start_time = perf_counter()
-        self.start_step = state.global_step
+        self.throughput.start(state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or "loss" not in logs:  # only training-loss logs, which come after on_train_begin
-            return
-        steps, seconds = state.global_step - self.start_step, perf_counter() - self.start_time
-        logs["examples_per_second"] = round(steps * examples_per_step(args) / seconds, 1)
+        if logs and state.is_world_process_zero:
+            line = describe_logs(logs, state, self.throughput.describe(args, state))
+            logger.info("%s", line, extra={FILE_ONLY: self.file_only})
 
 
-class ExamplesProgressCallback(ProgressCallback):
-    """The Trainer's progress bar (steps, elapsed, ETA) with training examples/s since this run started."""
+class TrainProgressCallback(TrainerCallback):
+    """The training phase's one progress bar: steps, ETA, throughput since this run started, the latest loss.
+
+    Replaces the Trainer's ProgressCallback, which writes every log dict into the bar (StepLogCallback logs them) and
+    opens a second bar for each evaluation during training (here the bar says "train (evaluating)" meanwhile).
+    """
+
+    def __init__(self):
+        self.bar: tqdm | None = None
+        self.throughput = Throughput()
+        self.loss: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        self.start_time, self.start_step = perf_counter(), state.global_step
+        if state.is_world_process_zero:
+            self.bar = progress_bar(TRAIN_PHASE, state.max_steps, "steps", show_rate=False, initial=state.global_step)
+        self.throughput.start(state)
 
     def on_step_end(self, args, state, control, **kwargs):
-        super().on_step_end(args, state, control, **kwargs)
-        seconds = perf_counter() - self.start_time
-        if self.training_bar is not None and seconds > 0:
-            rate = (state.global_step - self.start_step) * examples_per_step(args) / seconds
-            self.training_bar.set_postfix_str(f"{rate:.1f} examples/s", refresh=False)
+        if self.bar is not None:
+            parts = [self.throughput.describe(args, state), f"loss {self.loss:.4g}" if self.loss is not None else ""]
+            self.bar.set_postfix_str(", ".join(part for part in parts if part), refresh=False)
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.bar is not None and self.bar.desc == TRAIN_PHASE:
+            self.bar.set_description_str(f"{TRAIN_PHASE} (evaluating)")
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.set_description_str(TRAIN_PHASE)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
-def show_examples_per_second(trainer: Trainer) -> None:
-    """Swap the Trainer's progress bar for one that shows examples/s (no-op with --disable_tqdm)."""
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(ExamplesProgressCallback())
+def report_progress(trainer: Trainer) -> None:
+    """Replace the Trainer's progress reporting (a bar that every log dict is written into; with --disable_tqdm, log
+    dicts printed to stdout) with the job's: the training bar (unless --disable_tqdm) and a log line per Trainer
+    log, on the console without the bar and always in the log file."""
+    trainer.pop_callback(ProgressCallback)
+    trainer.pop_callback(PrinterCallback)
+    bars = not trainer.args.disable_tqdm
+    if bars:
+        trainer.add_callback(TrainProgressCallback())
+    trainer.add_callback(StepLogCallback(file_only=bars))
 
 
 class EvalHistory:

@@ -6,6 +6,7 @@ learning rate trains only the new one). `sweep_table` reads every run's metrics.
 `<name>.md` and `<name>.json` (src/experiments/gather_sweep.py).
 """
 
+load("//bazel/rules:action_env.bzl", "python_action_env")
 load("//bazel/rules:finetune.bzl", "FinetunedModelInfo", "finetuned_model")
 
 def _sweep_table_impl(ctx):
@@ -24,7 +25,7 @@ def _sweep_table_impl(ctx):
         arguments = [args],
         inputs = metrics,
         outputs = [markdown, table],
-        env = {"LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
+        env = python_action_env(),
         mnemonic = "GatherSweep",
         progress_message = "Gathering %d runs into %s" % (len(metrics), markdown.short_path),
     )

@@ -1,17 +1,23 @@
 """Benchmark of causal-LM fine-tuning on this CPU: tokens/s, peak memory and the fraction of the matmul roof.
 
     bazel run //src/training:bench_causal_lm                      # throughput of every variant (~5 min)
-    bazel run //src/training:bench_causal_lm -- --perplexity      # plus one LoRA epoch on alpaca_en_demo
+    bazel run //src/training:bench_causal_lm -- --perplexity      # plus one LoRA epoch on --alpaca (default: shipped)
 
 Throughput: each variant (LoRA fp32, LoRA bf16, QLoRA NF4, full fine-tuning fp32) runs in its own process (peak RSS
 is per process) on full-length batches of --seq_len tokens, timing --steps optimizer steps after --warmup untimed ones.
 The roof is torch.mm's GFLOP/s on the model's own shapes (fp32 and bf16), measured in the same run, and again
 inside each variant's process right before and after its timed steps: each variant's fraction of the roof divides
 by the roof measured alongside it, so it stays comparable when the machine's load changes between variants.
-Perplexity: the real job (train_model --task causal-lm) for one epoch on a seeded split of alpaca_en_demo.
+Perplexity: the real job (train_model --task causal-lm) for one epoch on --alpaca: the shipped instruction set by
+default; docs/ measure alpaca_en_demo (`--alpaca ../shared/data/alpaca_en_demo/alpaca_en_demo.json`).
 
 Writes <output_dir>/bench_causal_lm.json; the last line printed is `lora_bf16_roof_fraction: <fraction>`.
 """
+
+from src.common.allocator import allocator_in_use, restart_with_fast_allocator
+
+if __name__ == "__main__":  # before the heavy imports below: the process it replaces should not pay for them
+    restart_with_fast_allocator()
 
 import argparse
 import json
@@ -26,15 +32,15 @@ from typing import Any
 import torch
 
 from src.common.cpu import (
-    allocator_in_use,
     autocast,
     configure_threads,
     cpu_flags,
     peak_rss_mib,
-    restart_with_fast_allocator,
     supports_bf16,
 )
+from src.common.data import BUILTIN_PREFIX
 from src.common.errors import CliArgumentParser, UserError, run_cli
+from src.common.instruction_data import DEFAULT_INSTRUCTION_DATA
 from src.common.logging_utils import setup_logging
 from src.common.models import DEFAULT_CAUSAL_LM, local_model_dir, resolve_model_source
 from src.common.paths import atomic_write_json, default_output_dir, resolve_user_path
@@ -52,7 +58,8 @@ STEPS = 5  # timed optimizer steps per variant
 WARMUP = 2  # untimed steps first: the first is ~35% slower (allocations, kernel selection), the second ~7%
 # Without native bf16 a bf16 matmul is emulated ~100x slower than fp32: time one un-warmed step of one sequence.
 BF16_EMULATED = {"steps": 1, "micro_batch": 1, "warmup": 0}
-ALPACA = "../shared/data/alpaca_en_demo/alpaca_en_demo.json"  # relative to where `bazel run` starts
+# The shipped instruction set, so --perplexity runs on any checkout; docs/ measure alpaca_en_demo (--alpaca FILE).
+ALPACA = DEFAULT_INSTRUCTION_DATA
 PERPLEXITY_TARGET = 0.85  # after / before on the held-out split: at least 15% lower
 # One epoch of alpaca_en_demo is only 56 optimizer steps of 16: the job's default LoRA lr (2e-4) lowers perplexity
 # by 12% (0.881) in that budget, 1e-3 by 15% (0.846). --perplexity_args replaces these flags.
@@ -192,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--micro_batch", type=int, default=MICRO_BATCH, help="Sequences per step (%(default)s).")
     parser.add_argument("--steps", type=int, default=STEPS, help="Timed optimizer steps per variant (%(default)s).")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of the variants.")
-    parser.add_argument("--perplexity", action="store_true", help="Also run one LoRA epoch on alpaca_en_demo.")
+    parser.add_argument("--perplexity", action="store_true", help="Also run one LoRA epoch on --alpaca.")
     parser.add_argument("--alpaca", default=ALPACA, help="The instruction file for --perplexity (%(default)s).")
     parser.add_argument("--perplexity_args", default=PERPLEXITY_ARGS,
                         help="Flags for the --perplexity job, one string (default: %(default)s).")
@@ -218,8 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise UserError(f"unknown variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    if args.perplexity and not resolve_user_path(args.alpaca).is_file():
-        raise UserError(f"--alpaca {args.alpaca} does not exist; pass the alpaca_en_demo.json of ../shared")
+    if args.perplexity and not args.alpaca.startswith(BUILTIN_PREFIX) and not resolve_user_path(args.alpaca).is_file():
+        raise UserError(f"--alpaca {args.alpaca} does not exist; pass an Alpaca-style .json/.jsonl file")
     output_dir = resolve_user_path(args.output_dir) if args.output_dir else default_output_dir(JOB_NAME)
     threads = configure_threads()
     source = local_model_dir(resolve_model_source(args.model))  # import a GGUF once, before the workers start
@@ -282,5 +289,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    restart_with_fast_allocator()
     sys.exit(run_cli(main))

@@ -1,4 +1,4 @@
-"""bench_causal_lm end to end on stories260K: every variant runs in its own process, the perplexity mode runs the
+"""bench_causal_lm end to end on the tiny Llama GGUF: every variant runs in its own process, the perplexity mode runs the
 real job, and the output contract holds (JSON, ratios, last line). Timings are the benchmark's business, not
 asserted here."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 from src.common.gguf_import import STORE_ENV
-from src.common.testing import run_cli_captured, stories260k_gguf
+from src.common.testing import run_cli_captured, tiny_llama_gguf
 from src.training import bench_causal_lm
 
 
@@ -22,7 +22,7 @@ class BenchCausalLMTest(unittest.TestCase):
                                     for i in range(40)]))  # fmt: skip
         out_dir = tmp / "bench"
         variants = ["lora_fp32", "lora_bf16", "qlora_nf4", "full_fp32"]  # one process each: keep the test short
-        argv = ["--model", str(stories260k_gguf()), "--seq_len", "32", "--micro_batch", "2", "--steps", "1",
+        argv = ["--model", str(tiny_llama_gguf()), "--seq_len", "32", "--micro_batch", "2", "--steps", "1",
                 "--variants", ",".join(variants),
                 "--perplexity", "--alpaca", str(data), "--output_dir", str(out_dir),
                 "--perplexity_args", "--max_new_tokens 4 --learning_rate 2e-3"]  # fmt: skip

@@ -8,12 +8,17 @@ generated) -> train (Trainer: micro-batches with gradient accumulation, warmup +
 with dynamic padding, checkpoints with --checkpoint_every N, --resume) -> evaluate after -> save (the adapter on its
 own, optionally merged; or the full model) -> report (summary table, metrics.json, training-curves plot).
 
+Console: a few log lines (--log_level), one progress bar per phase (evaluate before, generate before, train with
+tokens/s, evaluate after, generate after; with --disable_tqdm the training loss as log lines instead), then the
+summary table on stdout. The full log goes to <output_dir>/train.log.
+
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 the --expect_max_perplexity_ratio gate failed.
 """
 
 import logging
 import math
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,7 +38,8 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from src.common.checkpoints import ResumableTrainer, latest_complete_checkpoint
-from src.common.cpu import allocator_in_use, autocast, configure_threads, peak_rss_mib
+from src.common.allocator import allocator_in_use
+from src.common.cpu import autocast, configure_threads, peak_rss_mib
 from src.common.data import LENGTH_COLUMN
 from src.common.errors import run_cli
 from src.common.instruction_data import (
@@ -43,11 +49,11 @@ from src.common.instruction_data import (
     load_instruction_data,
     tokenize_records,
 )
-from src.common.logging_utils import setup_logging
+from src.common.logging_utils import RunLog, file_level, progress_bar, setup_logging, stray_progress_bars_hidden
 from src.common.models import load_causal_lm, load_tokenizer, local_model_dir, resolve_model_source
 from src.common.paths import atomic_dir, atomic_write_json
 from src.common.plots import plot_training_curves
-from src.common.training_logs import ThroughputCallback, show_examples_per_second
+from src.common.training_logs import report_progress
 from src.training.causal_lm_config import CausalLMConfig, build_causal_lm_parser
 from src.training.config import parse_config
 
@@ -71,15 +77,21 @@ class HeldOutLoss:
 
 
 @torch.inference_mode()
-def held_out_loss(model: PreTrainedModel, dataset: Dataset, collator, batch_size: int, precision: str) -> HeldOutLoss:
-    """Token-weighted mean loss over the held-out set, in length-sorted batches (least padding)."""
+def held_out_loss(
+    model: PreTrainedModel, dataset: Dataset, collator, batch_size: int, precision: str, progress: str | None = None
+) -> HeldOutLoss:
+    """Token-weighted mean loss over the held-out set, in length-sorted batches (least padding).
+
+    progress: the name of a progress bar to show (examples/s, ETA); None: none.
+    """
     start = perf_counter()
     order = np.argsort(np.asarray(dataset[LENGTH_COLUMN]), kind="stable")
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     total, tokens = 0.0, 0
     model.eval()
-    with autocast(precision):
+    with autocast(precision), progress_bar(progress, len(dataset), "examples") as bar:
         for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=collator):
+            bar.update(len(batch["labels"]))
             n = int((batch["labels"][:, 1:] != -100).sum())  # the model shifts labels by one
             if n == 0:
                 continue
@@ -101,20 +113,25 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
 @torch.inference_mode()
 def generate(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int,
-    precision: str,
+    precision: str, progress: str | None = None,
 ) -> list[dict[str, str]]:
-    """Greedy completions of each prompt (deterministic, so before/after and save/load compare exactly)."""
+    """Greedy completions of each prompt (deterministic, so before/after and save/load compare exactly).
+
+    progress: the name of a progress bar to show (prompts done, ETA); None: none.
+    """
     model.eval()
     results = []
-    for prompt in prompts:
-        text = prompt_text(tokenizer, prompt)
-        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not has_chat_template(tokenizer))
-        with autocast(precision):
-            output = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        completion = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        results.append({"prompt": prompt, "completion": completion.strip()})
+    with progress_bar(progress, len(prompts), "prompts") as bar:
+        for prompt in prompts:
+            text = prompt_text(tokenizer, prompt)
+            inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not has_chat_template(tokenizer))
+            with autocast(precision):
+                output = model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                )
+            completion = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            results.append({"prompt": prompt, "completion": completion.strip()})
+            bar.update(1)
     return results
 
 
@@ -205,8 +222,11 @@ def save_outputs(
     return saved
 
 
-def run(config: CausalLMConfig) -> dict[str, Any]:
-    """Fine-tune as configured; writes <output_dir>/metrics.json (and the adapter or model) and returns the report."""
+def run(config: CausalLMConfig, run_log: RunLog | None = None) -> dict[str, Any]:
+    """Fine-tune as configured; writes <output_dir>/metrics.json (and the adapter or model) and returns the report.
+
+    run_log: opened once the data and model have loaded (bad input then leaves the output folder untouched).
+    """
     started = perf_counter()
     output_dir = Path(config.output_dir)
     precision = config.resolved_precision
@@ -217,7 +237,8 @@ def run(config: CausalLMConfig) -> dict[str, Any]:
     train_records, eval_records = load_instruction_data(
         config.data, config.eval_fraction, config.seed, config.max_train_samples, config.max_eval_samples
     )
-    source = local_model_dir(resolve_model_source(config.model))  # a GGUF is imported once, then found by hash
+    with stray_progress_bars_hidden():  # the GGUF import's de-quantizing bar
+        source = local_model_dir(resolve_model_source(config.model))  # a GGUF is imported once, then found by hash
     logger.info("model %s (%s), data %s, %s, %s, %d threads", config.model, source, config.data, config.method,
                 precision, threads)
     tokenizer = load_tokenizer(source)
@@ -230,12 +251,16 @@ def run(config: CausalLMConfig) -> dict[str, Any]:
     model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
     logger.info("%d of %d parameters trainable (%.2f%%)", parameters["trainable"], parameters["total"],
                 100 * parameters["trainable"] / parameters["total"])
+    log_path = run_log.open() if run_log else None
     setup_seconds = perf_counter() - started
 
     # --- 2. Evaluate before ---
-    before = held_out_loss(model, eval_set, collator, config.per_device_eval_batch_size, precision)
-    generations_before = generate(model, tokenizer, config.prompts, config.max_new_tokens, precision)
+    eval_batch = config.per_device_eval_batch_size
+    before = held_out_loss(model, eval_set, collator, eval_batch, precision, config.progress("evaluate before"))
     logger.info("before: held-out loss %.4f, perplexity %.2f", before.loss, before.perplexity)
+    generations_before = generate(
+        model, tokenizer, config.prompts, config.max_new_tokens, precision, config.progress("generate before")
+    )
 
     # --- 3. Train ---
     trainer = ResumableTrainer(
@@ -244,9 +269,8 @@ def run(config: CausalLMConfig) -> dict[str, Any]:
         data_collator=collator,
         train_dataset=train_set,
         processing_class=tokenizer,
-        callbacks=[ThroughputCallback()],
     )
-    show_examples_per_second(trainer)
+    report_progress(trainer)  # the training bar (tokens/s), the loss as log lines
     train_start = perf_counter()
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = perf_counter() - train_start
@@ -254,9 +278,11 @@ def run(config: CausalLMConfig) -> dict[str, Any]:
     tokens_trained = int(sum(train_set[LENGTH_COLUMN]) * epochs_run)  # padding excluded
 
     # --- 4. Evaluate after ---
-    after = held_out_loss(model, eval_set, collator, config.per_device_eval_batch_size, precision)
-    generations_after = generate(model, tokenizer, config.prompts, config.max_new_tokens, precision)
+    after = held_out_loss(model, eval_set, collator, eval_batch, precision, config.progress("evaluate after"))
     logger.info("after: held-out loss %.4f, perplexity %.2f", after.loss, after.perplexity)
+    generations_after = generate(
+        model, tokenizer, config.prompts, config.max_new_tokens, precision, config.progress("generate after")
+    )
 
     # --- 5. Save ---
     save_start = perf_counter()
@@ -309,6 +335,7 @@ def run(config: CausalLMConfig) -> dict[str, Any]:
         "adapter_bytes": folder_bytes(Path(saved["adapter"])) if saved["adapter"] else None,
         "latest_checkpoint": str(latest_checkpoint.path) if latest_checkpoint else None,
         "plot": str(plot_path),
+        "log_file": str(log_path) if log_path else None,
         "config": config.fingerprint(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__},
@@ -350,13 +377,19 @@ def format_report(report: dict[str, Any]) -> str:
     if saved["model"]:
         lines.append(f"model dir   {saved['model']}")
     lines.append(f"plot        {report['plot']}")
+    if report.get("log_file"):
+        lines.append(f"log         {report['log_file']}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    setup_logging()
+    setup_logging()  # before the flags are read: bad input is reported as one line
+    argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(argv, parser=build_causal_lm_parser())
-    report = run(config)
+    setup_logging(config.console_log_level)
+    command = shlex.join(["train_model", "--task", "causal-lm", *argv])
+    with RunLog(config.log_file, command, file_level(config.console_log_level)) as run_log:
+        report = run(config, run_log)
     print(format_report(report))
     gate = config.expect_max_perplexity_ratio
     if gate is not None and report["perplexity_ratio"] > gate:

@@ -132,6 +132,14 @@ class CausalLMConfig(JobConfig):
         },
     )
     logging_steps: float = field(default=2, metadata={"help": "Log the training loss every this many optimizer steps."})
+    include_num_input_tokens_seen: str = field(
+        default="non_padding",
+        metadata={
+            "help": "Count the tokens trained on: non_padding (for the progress bar's and log lines' tokens/s), "
+            "all (padding too) or no (examples/s instead).",
+            "choices": ["non_padding", "all", "no"],
+        },
+    )
 
     def validate_job(self) -> None:
         low, high = MAX_LENGTH_RANGE

@@ -1,4 +1,5 @@
-"""The causal-LM job end to end on the tiny real stories260K GGUF, through the real entry point (train_model).
+"""The causal-LM job end to end on the repository's tiny Llama GGUF (src/common/testdata), through the real entry
+point (train_model).
 
 Asserts: held-out loss falls; LoRA weights changed while the base did not (the merged model differs from the base
 by exactly the adapter's update); save -> load -> generate reproduces the trained model's generations and logits;
@@ -22,9 +23,10 @@ from transformers import AutoModelForCausalLM
 from src.common.cpu import autocast
 from src.common.gguf_import import STORE_ENV
 from src.common.models import load_causal_lm, local_model_dir
-from src.common.testing import run_cli_captured, stories260k_gguf
+from src.common.testing import run_cli_captured, tiny_llama_gguf
 from src.training import causal_lm, generate, train_model
 from src.training.causal_lm_config import CausalLMConfig
+from src.training.config import LOG_FILE
 
 FAST = ["--max_steps", "12", "--learning_rate", "2e-3", "--warmup_steps", "0", "--max_eval_samples", "24",
         "--max_new_tokens", "8", "--disable_tqdm", "true", "--seed", "3"]  # fmt: skip
@@ -36,7 +38,7 @@ class CausalLMTest(unittest.TestCase):
         cls.tmp = Path(tempfile.mkdtemp())
         cls.env = mock.patch.dict(os.environ, {"HF_HOME": str(cls.tmp / "hf_home"), STORE_ENV: str(cls.tmp / "gguf")})
         cls.env.start()
-        cls.model = str(stories260k_gguf())
+        cls.model = str(tiny_llama_gguf())
 
     @classmethod
     def tearDownClass(cls):
@@ -49,7 +51,18 @@ class CausalLMTest(unittest.TestCase):
         code, out, err = run_cli_captured(train_model.main, argv)
         self.assertEqual(code, 0, err[-2000:])
         self.assertIn("perplexity", out)
+        self.assert_concise_output(out, err, output_dir)
         return json.loads((output_dir / causal_lm.METRICS_FILE).read_text())
+
+    def assert_concise_output(self, out: str, err: str, output_dir: Path) -> None:
+        """No Trainer log dicts and no library progress bars (GGUF import, weights); the loss as log lines with
+        tokens/s (--disable_tqdm true), and in the run's log file."""
+        for text in (out, err):
+            self.assertNotIn("{'", text)
+        self.assertNotIn("%|", err)
+        self.assertRegex(err, r"step 2/12 \(epoch [\d.]+\): loss [\d.]+, .* \d+ tokens/s")
+        log = (output_dir / LOG_FILE).read_text()
+        self.assertIn("INFO src.common.training_logs: step 12/12", log)
 
     def assert_learned(self, report: dict) -> None:
         self.assertLess(report["after"]["loss"], report["before"]["loss"] - 0.1)

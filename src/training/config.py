@@ -9,6 +9,7 @@ TrainingArguments flag works too. `--config FILE` (JSON or YAML) supplies values
 import copy
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
-from transformers.training_args import OptimizerNames
+from transformers.training_args import OptimizerNames, trainer_log_levels
 
 from src.common.checkpoints import latest_complete_checkpoint, list_checkpoints
 from src.common.cpu import cpu_flags, resolve_precision
@@ -28,6 +29,7 @@ from src.common.models import DEFAULT_MODEL, resolve_model_source
 from src.common.paths import default_output_dir, resolve_user_path
 
 CHECKPOINTS_SUBDIR = "checkpoints"  # <output_dir>/checkpoints/checkpoint-<step>: what --resume continues from
+LOG_FILE = "train.log"  # <output_dir>/train.log: the full log of every run in that folder, each appended
 MAX_LENGTH_RANGE = (8, 512)  # tokens; 512 is BERT's position-embedding limit
 
 # Fields of every job that decide the trained weights: two runs that agree on these produce the same model.
@@ -149,7 +151,22 @@ class JobConfig(TrainingArguments):
     dataloader_num_workers: int = field(
         default=0, metadata={"help": "Data loading worker processes; 0 leaves every core to the model."}
     )
-    disable_tqdm: bool | None = field(default=False, metadata={"help": "Hide the training progress bar."})
+    disable_tqdm: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Hide the progress bars (one per phase: evaluation, training, generation); the training loss "
+            "is then logged as a line every --logging_steps instead. Default: bars when stderr is a terminal."
+        },
+    )
+    log_level: str = field(
+        default="info",
+        metadata={
+            "help": "Console verbosity of the job's own messages: debug, info (setup, results, and the training "
+            "loss without progress bars), warning, error, critical; passive = info. Library messages reach the "
+            f"console from warning up. <output_dir>/{LOG_FILE} always gets everything at info (debug with debug).",
+            "choices": list(trainer_log_levels),
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -159,6 +176,8 @@ class JobConfig(TrainingArguments):
         requested = "bf16" if self.bf16 and self.precision == "auto" else self.precision
         self.resolved_precision = resolve_precision(requested, cpu_flags())
         self.bf16 = self.resolved_precision == "bf16"
+        if self.disable_tqdm is None:  # progress bars redraw a line in place: only a terminal shows them as bars
+            self.disable_tqdm = not sys.stderr.isatty()
         if self.checkpoint_every:
             self.save_strategy, self.save_steps = "steps", self.checkpoint_every
         super().__post_init__()
@@ -195,6 +214,19 @@ class JobConfig(TrainingArguments):
         return Path(self.output_dir) / CHECKPOINTS_SUBDIR
 
     @property
+    def log_file(self) -> Path:
+        return Path(self.output_dir) / LOG_FILE
+
+    def progress(self, phase: str) -> str | None:
+        """The name of a phase's progress bar: `phase`, or None (no bar) with --disable_tqdm."""
+        return None if self.disable_tqdm else phase
+
+    @property
+    def console_log_level(self) -> int:
+        """--log_level as a logging level; passive (TrainingArguments' "leave it as it is") is our default, INFO."""
+        return logging.INFO if self.log_level == "passive" else trainer_log_levels[self.log_level]
+
+    @property
     def saves_checkpoints(self) -> bool:
         return self.save_strategy != SaveStrategy.NO
 
@@ -222,10 +254,13 @@ class JobConfig(TrainingArguments):
 
     def trainer_arguments(self) -> "JobConfig":
         """A copy for the Trainer, whose output_dir is where it saves checkpoints: <output_dir>/checkpoints, apart
-        from model/ and metrics.json. Unchanged without checkpoints (the Trainer would create an empty folder)."""
+        from model/ and metrics.json (unchanged without checkpoints: the Trainer would create an empty folder). Its
+        log_level is passive: setup_logging set the library loggers (INFO, for the log file), and --log_level is the
+        console's level, which the Trainer would otherwise impose on transformers' loggers."""
         args = copy.copy(self)
         if self.saves_checkpoints:
             args.output_dir = str(self.checkpoint_dir)
+        args.log_level = "passive"
         return args
 
     def fingerprint(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -61,6 +62,25 @@ class DefaultsTest(ConfigTestCase):
         self.assertEqual((c.checkpoint_every, c.resume, c.save_total_limit), (0, False, 2))
         self.assertIsNone(c.resume_from_checkpoint)
         self.assertEqual((c.dropout, c.attn_implementation), (0.0, "eager"))
+
+    def test_logging_defaults(self):
+        c = parse_config([])
+        self.assertEqual((c.log_level, c.console_log_level), ("info", logging.INFO))
+        self.assertEqual(c.log_file, self.dir / "out" / "train.log")
+        self.assertEqual(parse_config(["--log_level", "warning"]).console_log_level, logging.WARNING)
+        self.assertEqual(parse_config(["--log_level", "passive"]).console_log_level, logging.INFO)
+        self.assertUserError(["--log_level", "loud"], "invalid choice")
+        # The Trainer would set transformers' loggers to --log_level, keeping their INFO records from the log file.
+        self.assertEqual(parse_config(["--log_level", "error"]).trainer_arguments().log_level, "passive")
+
+    def test_progress_bars_by_default_only_on_a_terminal(self):
+        for tty in (True, False):
+            with self.subTest(tty=tty), mock.patch.object(config_module.sys.stderr, "isatty", return_value=tty):
+                self.assertEqual(parse_config([]).disable_tqdm, not tty)
+                self.assertTrue(parse_config(["--disable_tqdm", "true"]).disable_tqdm)
+                self.assertFalse(parse_config(["--disable_tqdm", "false"]).disable_tqdm)
+        self.assertEqual(parse_config(["--disable_tqdm", "false"]).progress("train"), "train")
+        self.assertIsNone(parse_config(["--disable_tqdm", "true"]).progress("train"))
 
     def test_relative_output_dir_is_relative_to_the_users_directory(self):
         with mock.patch.dict(os.environ, {BAZEL_WORKING_DIR_ENV: "/home/me/repo"}):

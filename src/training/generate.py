@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.common.cpu import configure_threads, cpu_flags, resolve_precision
 from src.common.errors import CliArgumentParser, UserError, run_cli
-from src.common.logging_utils import setup_logging
+from src.common.logging_utils import setup_logging, stray_progress_bars_hidden
 from src.common.models import load_causal_lm, load_tokenizer, local_model_dir, resolve_model_source
 from src.common.paths import resolve_user_path
 from src.training.causal_lm import JOB_FILE, ensure_pad_token, generate
@@ -42,11 +42,13 @@ def load_for_inference(model: str, base: str | None = None) -> tuple[PreTrainedM
     """A model ready to generate: an adapter folder on its base (merged in memory), or any model source."""
     path = resolve_user_path(model)
     if (path / ADAPTER_CONFIG).is_file():
-        base_source = local_model_dir(resolve_model_source(base or adapter_base(path)))
+        with stray_progress_bars_hidden():  # a GGUF base's import: its de-quantizing bar
+            base_source = local_model_dir(resolve_model_source(base or adapter_base(path)))
         tokenizer = load_tokenizer(str(path))  # saved with the adapter, pad token included
         loaded = PeftModel.from_pretrained(load_causal_lm(base_source), path).merge_and_unload()
     else:
-        source = local_model_dir(resolve_model_source(model))
+        with stray_progress_bars_hidden():
+            source = local_model_dir(resolve_model_source(model))
         tokenizer = load_tokenizer(source)
         loaded = load_causal_lm(source)
     ensure_pad_token(tokenizer)

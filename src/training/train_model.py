@@ -7,11 +7,21 @@ The recipe, top to bottom: setup (threads, precision, tokenizer, model, data, to
 before -> train (Trainer, dynamic padding, length-grouped batches; checkpoints with --checkpoint_every N, continued
 with --resume) -> evaluate after -> save -> report (summary table, metrics.json, eval_history.json, a plot).
 
+Console: a few log lines (--log_level), one progress bar per phase (evaluate before, train, evaluate after; without
+them, with --disable_tqdm, the training loss as log lines), then the summary table on stdout. The full log, library
+records and per-step losses included, goes to <output_dir>/train.log.
+
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 the --expect_min_accuracy quality gate failed.
 """
 
+from src.common.allocator import allocator_in_use, restart_with_fast_allocator
+
+if __name__ == "__main__":  # before the heavy imports below: the process it replaces should not pay for them
+    restart_with_fast_allocator()
+
 import logging
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,11 +38,9 @@ from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBas
 
 from src.common.checkpoints import ResumableTrainer, checkpoint_step, latest_complete_checkpoint
 from src.common.cpu import (
-    allocator_in_use,
     autocast,
     configure_threads,
     peak_rss_mib,
-    restart_with_fast_allocator,
 )
 from src.common.data import (
     ID2LABEL,
@@ -45,17 +53,20 @@ from src.common.data import (
     tokenize,
 )
 from src.common.errors import CliArgumentParser, run_cli
-from src.common.logging_utils import setup_logging
+from src.common.logging_utils import (
+    RunLog,
+    file_level,
+    held_load_reports,
+    load_report_rows,
+    pass_on,
+    progress_bar,
+    setup_logging,
+)
 from src.common.metrics import classification_metrics, format_confusion_matrix
 from src.common.models import load_sequence_classifier, load_tokenizer, resolve_model_source
 from src.common.paths import atomic_dir, atomic_write_json
 from src.common.plots import plot_training_curves
-from src.common.training_logs import (
-    EvalHistory,
-    EvalHistoryCallback,
-    ThroughputCallback,
-    show_examples_per_second,
-)
+from src.common.training_logs import EvalHistory, EvalHistoryCallback, report_progress
 from src.training import causal_lm
 from src.training.config import FinetuneConfig, parse_config
 
@@ -79,9 +90,17 @@ class Evaluation:
 
 @torch.inference_mode()
 def evaluate(
-    model: PreTrainedModel, dataset: datasets.Dataset, collator: PaddingCollator, batch_size: int, precision: str
+    model: PreTrainedModel,
+    dataset: datasets.Dataset,
+    collator: PaddingCollator,
+    batch_size: int,
+    precision: str,
+    progress: str | None = None,
 ) -> Evaluation:
-    """Classify a tokenized split in length-sorted batches (least padding) and score the predictions."""
+    """Classify a tokenized split in length-sorted batches (least padding) and score the predictions.
+
+    progress: the name of a progress bar to show (examples/s, ETA); None: none.
+    """
     start = perf_counter()
     order = np.argsort(np.asarray(dataset[LENGTH_COLUMN]), kind="stable")
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
@@ -89,11 +108,12 @@ def evaluate(
     preds = np.empty(len(dataset), dtype=np.int64)
     total_loss = 0.0
     model.eval()
-    with autocast(precision):
+    with autocast(precision), progress_bar(progress, len(dataset), "examples") as bar:
         for indices, batch in zip(batches, loader, strict=True):
             output = model(**batch)
             preds[indices] = output.logits.argmax(dim=-1).numpy()
             total_loss += output.loss.float().item() * len(indices)
+            bar.update(len(indices))
     metrics = classification_metrics(preds, np.asarray(dataset[LABEL_COLUMN]), num_labels=len(LABEL_NAMES))
     return Evaluation(metrics, total_loss / len(dataset), perf_counter() - start, len(dataset))
 
@@ -135,18 +155,40 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
 def load_classifier(config: FinetuneConfig, source: str) -> PreTrainedModel:
     """The classifier as the job trains it: its new head seeded by --seed, with --dropout and --attn_implementation."""
     set_seed(config.seed)  # before the model load: the new classifier head is randomly initialised
-    return load_sequence_classifier(
-        source,
-        num_labels=len(LABEL_NAMES),
-        id2label=ID2LABEL,
-        label2id=LABEL2ID,
-        dropout=config.dropout,
-        attn_implementation=config.attn_implementation,
-    )
+    with held_load_reports() as reports:
+        model = load_sequence_classifier(
+            source,
+            num_labels=len(LABEL_NAMES),
+            id2label=ID2LABEL,
+            label2id=LABEL2ID,
+            dropout=config.dropout,
+            attn_implementation=config.attn_implementation,
+        )
+    for report in reports:
+        explain_new_head(model, report)
+    return model
 
 
-def run(config: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune as configured; writes <output_dir>/metrics.json (and model/) and returns the same report."""
+def explain_new_head(model: PreTrainedModel, report: logging.LogRecord) -> None:
+    """transformers' LOAD REPORT of a base model loaded under a new classification head, as one INFO line (the
+    table goes to the log file); a report of anything else (weights of the base model missing, unexpected or
+    mismatched) is passed on as the warning it is."""
+    prefix = f"{model.base_model_prefix}."
+    head = [key for key in model.state_dict() if model.base_model_prefix and not key.startswith(prefix)]
+    rows = load_report_rows(report)
+    if not (rows and all(status == "MISSING" and key in head for key, status in rows)):
+        pass_on(report)
+        return
+    new = [key for key in head if (key, "MISSING") in rows]
+    logger.info("new classification head (%s): initialised randomly, trained by this job", ", ".join(new))
+    pass_on(report, file_only=True)
+
+
+def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]:
+    """Fine-tune as configured; writes <output_dir>/metrics.json (and model/) and returns the same report.
+
+    run_log: opened once the data and model have loaded (bad input then leaves the output folder untouched).
+    """
     started = perf_counter()
     output_dir = Path(config.output_dir)
     precision = config.resolved_precision
@@ -154,7 +196,6 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     # --- 1. Setup ---
     source = resolve_model_source(config.model)
     threads = configure_threads()
-    logger.info("model %s (%s), data %s, %s, %d threads", config.model, source, config.data, precision, threads)
     # Data first: a source that is missing (e.g. a Hub dataset offline) fails before any model is loaded.
     raw = load_data(
         config.data,
@@ -163,15 +204,18 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         train_fraction=config.train_fraction,
         seed=config.seed,
     )
+    logger.info("model %s (%s), data %s, %s, %d threads", config.model, source, config.data, precision, threads)
     tokenizer = load_tokenizer(source)
     model = load_classifier(config, source)
     encoded = tokenize(raw, tokenizer, config.max_length)
     train_set, eval_set = encoded["train"], encoded["validation"]
     collator = PaddingCollator(tokenizer)
+    log_path = run_log.open() if run_log else None
     setup_seconds = perf_counter() - started
 
     # --- 2. Evaluate before ---
-    before = evaluate(model, eval_set, collator, config.per_device_eval_batch_size, precision)
+    eval_batch = config.per_device_eval_batch_size
+    before = evaluate(model, eval_set, collator, eval_batch, precision, config.progress("evaluate before"))
     logger.info("before fine-tuning: accuracy %.4f, f1 %.4f", before.metrics["accuracy"], before.metrics["f1"])
     history = EvalHistory(output_dir / EVAL_HISTORY_FILE)  # every evaluation, rewritten after each one
     resumed_step = 0
@@ -190,16 +234,16 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         eval_dataset=eval_set,
         processing_class=tokenizer,
         compute_metrics=trainer_metrics,
-        callbacks=[ThroughputCallback(), EvalHistoryCallback(history)],
+        callbacks=[EvalHistoryCallback(history)],
     )
-    show_examples_per_second(trainer)
+    report_progress(trainer)  # the training bar, the loss as log lines
     train_start = perf_counter()
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = perf_counter() - train_start
     steps_this_run = trainer.state.global_step - resumed_step
 
     # --- 4. Evaluate after ---
-    after = evaluate(model, eval_set, collator, config.per_device_eval_batch_size, precision)
+    after = evaluate(model, eval_set, collator, eval_batch, precision, config.progress("evaluate after"))
     logger.info("after fine-tuning: accuracy %.4f, f1 %.4f", after.metrics["accuracy"], after.metrics["f1"])
     history.add("after", step=trainer.state.global_step, epoch=trainer.state.epoch, metrics=history_metrics(after))
     sample = predict(model, tokenizer, config.sample_text, precision, config.max_length)
@@ -252,6 +296,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         "latest_checkpoint": str(latest_checkpoint.path) if latest_checkpoint else None,
         "eval_history": str(history.path),
         "plot": str(plot_path),
+        "log_file": str(log_path) if log_path else None,
         "config": config.fingerprint()
         | {"max_eval_samples": config.max_eval_samples, "eval_batch_size": config.per_device_eval_batch_size},
         "versions": {
@@ -296,6 +341,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"checkpoint {report['latest_checkpoint'] or '(none saved; see --checkpoint_every)'}",
         f"evals      {report['eval_history']}",
         f"plot       {report['plot']}",
+        *([f"log        {report['log_file']}"] if report.get("log_file") else []),
     ]
     return "\n".join(lines)
 
@@ -315,9 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     task, argv = split_task(sys.argv[1:] if argv is None else argv)
     if task == "causal-lm":
         return causal_lm.main(argv)
-    setup_logging()
+    setup_logging()  # before the flags are read: bad input is reported as one line
     config = parse_config(argv)
-    report = run(config)
+    setup_logging(config.console_log_level)
+    with RunLog(config.log_file, shlex.join(["train_model", *argv]), file_level(config.console_log_level)) as run_log:
+        report = run(config, run_log)
     print(format_report(report))
     accuracy = report["after"]["metrics"]["accuracy"]
     if config.expect_min_accuracy is not None and accuracy < config.expect_min_accuracy:
@@ -330,5 +378,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    restart_with_fast_allocator()
     sys.exit(run_cli(main))

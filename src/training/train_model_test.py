@@ -4,8 +4,10 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import unittest
@@ -14,16 +16,26 @@ from unittest import mock
 
 import torch
 from safetensors.torch import load_file
+from transformers import BertForSequenceClassification
 
 from src.common.data import ID2LABEL, LABEL2ID, PaddingCollator, load_data, tokenize
 from src.common.errors import EXIT_USAGE
 from src.common.models import load_sequence_classifier, load_tokenizer
 from src.common.paths import BAZEL_TEST_OUTPUTS_ENV
-from src.common.testing import make_tiny_bert, run_cli_captured, synthetic_sentiment_rows, write_sst2_folder
+from src.common.testing import (
+    TOKENIZER_FILES,
+    make_tiny_bert,
+    run_cli_captured,
+    synthetic_sentiment_rows,
+    write_sst2_folder,
+)
 from src.training import config as config_module
 from src.training import train_model
+from src.training.config import LOG_FILE
 
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "confusion_matrix"}
+PHASES = ("evaluate before", "train", "evaluate after")  # the default run's progress bars
+HEAD_LINE = "new classification head (classifier.weight, classifier.bias): initialised randomly, trained by this job"
 
 
 run_main = functools.partial(run_cli_captured, train_model.main)  # -> (exit code, stdout, stderr)
@@ -84,6 +96,25 @@ class TrainModelTest(unittest.TestCase):
         self.assertIn("classifier.weight", changed)
         self.assertGreater(len(changed), len(initial) // 2)
 
+    def test_console_logs_the_loss_without_bars_and_prints_no_log_dicts(self):
+        # --disable_tqdm true: the loss every --logging_steps as one line each, no Trainer dicts anywhere.
+        loss_line = r"step 2/32 \(epoch 0\.25\): loss \d\.\d+, grad norm \S+, lr \S+, [\d.]+ examples/s"
+        self.assertRegex(self.stderr, loss_line)
+        self.assertIn("step 8/32 (epoch 1.00): eval loss", self.stderr)
+        for text in (self.stdout, self.stderr):
+            self.assertNotIn("{'", text)
+        self.assertNotIn("%|", self.stderr)  # no progress bar at all, the libraries' included
+
+    def test_log_file_has_the_whole_run(self):
+        log = (self.output_dir / LOG_FILE).read_text()
+        self.assertTrue(log.startswith("===== "), log[:200])
+        self.assertIn("--output_dir", log.splitlines()[0])  # the separator names the command
+        fragments = ("INFO src.common.training_logs: step 2/32", "INFO transformers.trainer: ***** Running training",
+                     "before fine-tuning: accuracy", "wrote ")  # fmt: skip
+        for fragment in fragments:
+            self.assertIn(fragment, log)
+        self.assertIn(f"log        {self.output_dir / LOG_FILE}", self.stdout)
+
     def test_saved_model_reloads_to_the_same_predictions(self):
         saved = str(self.output_dir / train_model.MODEL_SUBDIR)
         tokenizer = load_tokenizer(saved)
@@ -96,6 +127,79 @@ class TrainModelTest(unittest.TestCase):
         validation = tokenize(load_data(str(self.data_dir)), tokenizer, max_length=32)["validation"]
         evaluation = train_model.evaluate(model, validation, PaddingCollator(tokenizer), 8, self.report["precision"])
         self.assertEqual(evaluation.metrics, self.report["after"]["metrics"])
+
+
+def make_tiny_base_bert(path: Path) -> Path:
+    """A tiny BertModel without a classification head, as a pretrained base model is: loading it as a classifier
+    initialises a new head (transformers' LOAD REPORT lists it as missing)."""
+    full = make_tiny_bert(path.with_name(path.name + "-full"))
+    BertForSequenceClassification.from_pretrained(full).bert.save_pretrained(path)
+    for name in TOKENIZER_FILES:
+        shutil.copy(full / name, path / name)
+    return path
+
+
+class ConsoleOutputTest(unittest.TestCase):
+    """What the console shows: a bar per phase, one line about the new head, no library bars or log dicts."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = Path(tempfile.mkdtemp(prefix="console_test-"))
+        cls.addClassCleanup(shutil.rmtree, cls.dir)
+        cls.base_model = make_tiny_base_bert(cls.dir / "tiny-base")
+        cls.data_dir = write_sst2_folder(cls.dir / "data", synthetic_sentiment_rows(32), synthetic_sentiment_rows(8, 1))
+        cls.output_dir = cls.dir / "run"
+        cls.argv = ["--model", str(cls.base_model), "--data", str(cls.data_dir), "--output_dir", str(cls.output_dir),
+                    "--max_length", "16", "--per_device_train_batch_size", "8", "--num_train_epochs", "1",
+                    "--logging_steps", "1", "--save_model", "false"]  # fmt: skip
+        cls.code, cls.stdout, cls.stderr = run_main([*cls.argv, "--disable_tqdm", "false"])
+        log = cls.output_dir / LOG_FILE
+        cls.log_after_first_run = log.read_text() if log.is_file() else ""
+
+    def test_one_progress_bar_per_phase_and_no_other(self):
+        self.assertEqual(self.code, 0, self.stderr)
+        bar_lines = [line for line in re.split(r"[\r\n]", self.stderr) if "%|" in line]
+        names = {line.split(":")[0].strip() for line in bar_lines}
+        # Not "Loading weights", "Writing model shards", nor the Trainer's unnamed bar for its evaluation.
+        self.assertEqual(names, {*PHASES, "train (evaluating)"}, bar_lines)
+        finished = [line for line in bar_lines if "100%" in line]
+        self.assertTrue(any(re.search(r"^train: .*4/4 steps .*[\d.]+ examples/s, loss \d", line) for line in finished))
+        self.assertTrue(any(re.search(r"^evaluate after: .*8/8 examples .* examples/s", line) for line in finished))
+        for text in (self.stdout, self.stderr):
+            self.assertNotIn("{'", text)  # no Trainer log dicts
+        self.assertNotIn("step 1/4", self.stderr)  # the bar shows the loss; the log lines go to the log file
+
+    def test_the_new_head_is_one_info_line(self):
+        self.assertEqual(self.code, 0, self.stderr)
+        self.assertIn(HEAD_LINE, self.stderr)
+        for fragment in ("LOAD REPORT", "MISSING", "newly initialized", "WARNING"):
+            self.assertNotIn(fragment, self.stderr)
+        self.assertIn("INFO transformers.modeling_utils: BertForSequenceClassification LOAD REPORT",
+                      self.log_after_first_run)  # the full table is kept in the log file  # fmt: skip
+        self.assertIn("INFO src.common.training_logs: step 1/4", self.log_after_first_run)
+
+    def test_log_level_warning_hides_our_info_lines_and_the_log_file_keeps_both_runs(self):
+        code, stdout, stderr = run_main([*self.argv, "--disable_tqdm", "true", "--log_level", "warning"])
+        self.assertEqual(code, 0, stderr)
+        self.assertEqual(stderr, "")
+        self.assertIn("confusion matrix after", stdout)
+        log = (self.output_dir / LOG_FILE).read_text()
+        self.assertTrue(log.startswith(self.log_after_first_run))  # appended, the first run's log intact
+        self.assertEqual(log.count("===== "), 2)
+        second_run = log[len(self.log_after_first_run) :]
+        for fragment in (HEAD_LINE, "step 4/4 (epoch 1.00): loss", "before fine-tuning"):
+            self.assertIn(fragment, second_run)
+
+    def test_unexpected_load_report_rows_still_warn(self):
+        # The head is new, but a weight of the base model is missing too: not the expected case, a warning.
+        model = load_sequence_classifier(str(self.base_model), 2, ID2LABEL, LABEL2ID)
+        message = "BertForSequenceClassification LOAD REPORT from: x\nKey | Status\n----+-------\n" + "".join(
+            f"{key} | MISSING\n" for key in ("classifier.weight", "classifier.bias", "bert.pooler.dense.weight")
+        )
+        report = logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1, message, None, None)
+        with self.assertLogs("transformers.modeling_utils", "WARNING") as warned:
+            train_model.explain_new_head(model, report)
+        self.assertIn("bert.pooler.dense.weight", warned.output[0])
 
 
 class TrainModelExitCodeTest(unittest.TestCase):
@@ -118,6 +222,20 @@ class TrainModelExitCodeTest(unittest.TestCase):
         self.assertUsageError(["--data", str(self.dir / "no-such-folder")], "no-such-folder")
         self.assertUsageError(["--model", "builtin:unknown"], "unknown builtin model")
         self.assertUsageError(["--bogus"], "unrecognized arguments: --bogus")
+
+    def test_bad_input_leaves_the_output_folder_and_its_log_untouched(self):
+        out = self.dir / "out"
+        out.mkdir()
+        (out / LOG_FILE).write_text("an earlier run\n")
+        bad_data = write_sst2_folder(self.dir / "bad", [("fine", 1)], [("fine", 1)])
+        (bad_data / "train.tsv").write_text("text\tlabel\nfine\t1\n")  # found only when the job reads the data
+        for argv in (["--learning_rate", "-1"], ["--data", str(bad_data)]):
+            with self.subTest(argv=argv):
+                code, _, stderr = run_main([*argv, "--output_dir", str(out)])
+                self.assertEqual(code, EXIT_USAGE)
+                self.assertEqual(len(stderr.splitlines()), 1, stderr)
+                self.assertEqual(sorted(p.name for p in out.iterdir()), [LOG_FILE])
+                self.assertEqual((out / LOG_FILE).read_text(), "an earlier run\n")
 
     def test_help_describes_every_flag(self):
         # Help texts go through argparse's %-formatting: a stray % in one breaks --help for every flag.
