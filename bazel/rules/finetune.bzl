@@ -8,7 +8,8 @@ the venv's locked package versions) and whose outputs are declared:
     <name>/metrics.json         the job's report: accuracy etc. before and after, timings, the training settings
     <name>/eval_history.json    every evaluation during training
     <name>/training_curves.png  training loss and validation accuracy
-    <name>/train.log            the job's stdout and stderr (printed by Bazel only if the job fails)
+    <name>/train.log            the job's full log (every record, library messages and per-step losses included)
+    <name>/console.log          the job's stdout and stderr (printed by Bazel only if the job fails)
     <name>/finetune_job.json    what this rule ran: the command line, inputs and environment (written at analysis)
 
 Because the action is keyed on its inputs only, a second `bazel build` does not train again, and neither does
@@ -27,14 +28,14 @@ FinetunedModelInfo = provider(
         "model_dir": "File: the directory (tree artifact) with the fine-tuned model and tokenizer",
         "metrics": "File: metrics.json written by the job",
         "job": "File: finetune_job.json, the command line and inputs of the action",
-        "log": "File: train.log, the job's stdout and stderr",
+        "log": "File: console.log, the job's stdout and stderr (its full log is train.log, among the outputs)",
         "flags": "list of string: the training flags given to the rule (train_args)",
     },
 )
 
 # Subdirectory and file names the training job writes under --output_dir (src/training/train_model.py).
 _MODEL_SUBDIR = "model"
-_JOB_OUTPUTS = ["metrics.json", "eval_history.json", "training_curves.png"]
+_JOB_OUTPUTS = ["metrics.json", "eval_history.json", "training_curves.png", "train.log"]
 
 # Flags the rule sets itself: passing them in train_args would point the job at undeclared paths.
 # Runs the trainer with its output in the log; on failure prints the log, so `bazel build` shows why.
@@ -122,7 +123,7 @@ def _finetuned_model_impl(ctx):
     args.add_all(ctx.attr.train_args)
     args.add("--disable_tqdm=true")
 
-    log = ctx.actions.declare_file(ctx.label.name + "/train.log")
+    log = ctx.actions.declare_file(ctx.label.name + "/console.log")
     env = _env(output_root, ctx.attr.threads)
     ctx.actions.run_shell(
         command = _RUN_LOGGED,
