@@ -14,6 +14,13 @@ out="$("$provider" "$probe" print-env)"
 grep -q "^main=.*/tools/testdata/provider_probe.py\$" <<<"$out" || fail "probe did not run: $out"
 grep -q "^output_dir=$TEST_UNDECLARED_OUTPUTS_DIR\$" <<<"$out" || fail "CPU_FINETUNE_OUTPUT_DIR not set: $out"
 grep -q "^hf_home=$TEST_TMPDIR/hf_home\$" <<<"$out" || fail "HF_HOME not private to the test: $out"
+# The launcher picks the interpreter (the build's toolchain), not the environment: a $PYTHON
+# or a venv elsewhere changes nothing.
+fake="$TEST_TMPDIR/fake_python"
+printf '#!/usr/bin/env bash\necho "fake python $*"\n' >"$fake"
+chmod +x "$fake"
+out="$(PYTHON="$fake" CPU_FINETUNE_VENV=/nonexistent "$provider" "$probe" print-env)"
+grep -q "^main=.*/tools/testdata/provider_probe.py\$" <<<"$out" || fail "the environment chose the interpreter: $out"
 # An explicit HF_HOME is kept.
 out="$(HF_HOME=/somewhere "$provider" "$probe" print-env)"
 grep -q "^hf_home=/somewhere\$" <<<"$out" || fail "HF_HOME overridden: $out"
