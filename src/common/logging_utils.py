@@ -46,6 +46,7 @@ DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarni
 LOAD_REPORT_LOGGER = "transformers.modeling_utils"
 LOAD_REPORT_MARK = "LOAD REPORT"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_PROGRESS_LINE = re.compile(r"\d+%\|")  # a tqdm bar's "42%|" (stray_progress_bars_hidden drops those)
 
 
 def level_number(level: str | int) -> int:
@@ -153,11 +154,18 @@ def setup_logging(level: str | int = "INFO") -> None:
 
 @contextlib.contextmanager
 def stray_progress_bars_hidden() -> Iterator[None]:
-    """Discard what libraries write straight to sys.stderr meanwhile: progress bars made with tqdm.auto, which no
-    library switch turns off (transformers' GGUF de-quantizing bar). Log records still reach the console (whose
-    handler holds the real stream) and Python warnings are log records (setup_logging)."""
-    with contextlib.redirect_stderr(io.StringIO()):
-        yield
+    """Keep what libraries write straight to sys.stderr meanwhile off the console: progress bars made with tqdm.auto,
+    which no library switch turns off (transformers' GGUF de-quantizing bar). Whatever else was written there goes to
+    the log file (file-only records), so nothing a library printed is lost. Log records still reach the console
+    (whose handler holds the real stream) and Python warnings are log records (setup_logging)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        for line in re.split(r"[\r\n]+", captured.getvalue()):
+            if line.strip() and not _PROGRESS_LINE.search(line):
+                logging.getLogger(__name__).info("stderr: %s", line, extra={FILE_ONLY: True})
 
 
 def progress_bar(phase: str | None, total: int, unit: str, show_rate: bool = True, initial: int = 0) -> tqdm:

@@ -12,6 +12,8 @@ Not checked here: torch's macOS wheel's own METADATA (the running torch is the L
 the macOS lock with uv for that platform), and that rules_python really fetches and patches (needs Bazel 8).
 """
 
+import base64
+import hashlib
 import importlib.metadata
 import os
 import pathlib
@@ -97,6 +99,22 @@ def apply_patch(text: str, patch: str, reverse: bool = False) -> str:
     return "".join(out + lines[position:])
 
 
+def file_patches(patch: str) -> dict[str, str]:
+    """A multi-file unified diff split into {path after "--- a/": that file's diff}."""
+    return {
+        re.match(r"--- a/(\S+)", part).group(1): part
+        for part in re.split(r"(?m)^(?=--- a/)", patch)
+        if part.startswith("--- a/")
+    }
+
+
+def record_line(dist_info: str, metadata: str) -> str:
+    """METADATA's line in a wheel's RECORD: path, sha256 (urlsafe base64, unpadded), size."""
+    data = metadata.encode("utf-8")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{dist_info}/METADATA,sha256={digest},{len(data)}"
+
+
 def unpatch_targets(module_text: str) -> dict[str, tuple[str, list[str]]]:
     """MODULE.bazel's pip.override entries: {wheel file name: (patch_strip, [patch labels])}."""
     overrides = {}
@@ -166,15 +184,22 @@ class LockTest(unittest.TestCase):
             strip, patches = overrides[f"{name}-{version}-py3-none-any.whl"]
             self.assertEqual(strip, "1")
             self.assertEqual(len(patches), 1)
-            patch = label_path(patches[0]).read_text(encoding="utf-8")
-            self.assertIn(f"--- a/{name}-{version}.dist-info/METADATA\n", patch)
+            dist_info = f"{name}-{version}.dist-info"
+            parts = file_patches(label_path(patches[0]).read_text(encoding="utf-8"))
+            self.assertEqual(set(parts), {f"{dist_info}/METADATA", f"{dist_info}/RECORD"})
+            # The RECORD hunk gives the patched METADATA's hash and size, so rules_python's repacked wheel matches
+            # the RECORD it claims (else it warns on every fetch).
+            installed = importlib.metadata.distribution(name).read_text("METADATA")
+            patched = self.patched_metadata(name, installed, parts[f"{dist_info}/METADATA"])
+            self.assertIn("+" + record_line(dist_info, patched) + "\n", parts[f"{dist_info}/RECORD"])
 
     def test_declared_requirements_are_locked_or_patched_away(self):
         """rules_python (pipstar off) makes every Requires-Dist a hub dependency: each must be in the lock."""
-        patches = {
-            re.match(r"([a-z0-9_]+)-", file).group(1): label_path(labels[0]).read_text(encoding="utf-8")
-            for file, (_, labels) in unpatch_targets(self.module).items()
-        }
+        patches = {}
+        for file, (_, labels) in unpatch_targets(self.module).items():
+            name, version = file.split("-")[:2]
+            parts = file_patches(label_path(labels[0]).read_text(encoding="utf-8"))
+            patches[name] = parts[f"{name}-{version}.dist-info/METADATA"]
         missing = []
         for name in self.pins:
             metadata = importlib.metadata.distribution(name).read_text("METADATA")

@@ -60,8 +60,8 @@ esac
 
 # 1. Linux x86_64 (existing pins are kept unless --upgrade) ---------------------------------------------------------
 cp bazel_requirements_lock.txt "$work/linux.txt"
-"$work/venv/bin/pip-compile" "${upgrade[@]}" --quiet --generate-hashes --allow-unsafe --strip-extras \
-  --no-emit-index-url --no-emit-find-links --no-header "${index_args[@]}" \
+"$work/venv/bin/pip-compile" ${upgrade[@]+"${upgrade[@]}"} --quiet --generate-hashes --allow-unsafe --strip-extras \
+  --no-emit-index-url --no-emit-find-links --no-header ${index_args[@]+"${index_args[@]}"} \
   --output-file "$work/linux.txt" bazel_requirements.in
 
 # 2. macOS arm64: the same versions (the Linux lock as constraints), torch without the +cpu label -----------------------
@@ -71,7 +71,9 @@ MACOSX_DEPLOYMENT_TARGET="$darwin_min_macos" "$work/venv/bin/uv" pip compile --q
   --no-header --python-version 3.11 --python-platform "$darwin_platform" \
   --index-url https://pypi.org/simple --constraints "$work/constraints.txt" \
   --output-file "$work/darwin.txt" "$work/darwin.in"
-sed -i -E "s|$work/darwin.in|bazel_requirements.in|; s|$work/constraints.txt|bazel_requirements_lock.txt|" "$work/darwin.txt"
+sed -E "s|$work/darwin.in|bazel_requirements.in|; s|$work/constraints.txt|bazel_requirements_lock.txt|" \
+  "$work/darwin.txt" >"$work/darwin.named.txt"
+mv "$work/darwin.named.txt" "$work/darwin.txt"
 
 # 3. Packages locked without their dependencies, and their METADATA patches ----------------------------------------
 mkdir -p "$work/nodeps" tools/lock/patches
@@ -86,15 +88,27 @@ grep -Ev '^\s*(#|$)' bazel_requirements_nodeps.in | while read -r req; do
   hash="$("$work/venv/bin/pip" hash "$work/nodeps/$wheel" | sed -n 's/^--hash=//p')"
   printf '%s \\\n    --hash=%s\n    # via -r bazel_requirements_nodeps.in\n' "$req" "$hash" >>"$nodeps_block"
   "$work/venv/bin/python" - "$work/nodeps/$wheel" tools/lock/patches <<'PY'
-import difflib, pathlib, re, sys, zipfile
+import base64, difflib, hashlib, pathlib, re, sys, zipfile
 wheel, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 name, version = wheel.name.split("-")[:2]
-metadata_path = f"{name}-{version}.dist-info/METADATA"
-original = zipfile.ZipFile(wheel).read(metadata_path).decode("utf-8").splitlines(keepends=True)
+dist_info = f"{name}-{version}.dist-info"
+archive = zipfile.ZipFile(wheel)
+original = archive.read(f"{dist_info}/METADATA").decode("utf-8")
 # Unconditional requirements only: a requirement behind an extra is never installed.
-patched = [line for line in original if not re.match(r"Requires-Dist: [^;]*$", line.rstrip("\n"))]
-diff = difflib.unified_diff(original, patched, f"a/{metadata_path}", f"b/{metadata_path}")
-(out / f"{name}-{version}.metadata.patch").write_text("".join(diff), encoding="utf-8")
+patched = "".join(
+    line for line in original.splitlines(keepends=True) if not re.match(r"Requires-Dist: [^;]*$", line.rstrip("\n"))
+)
+# RECORD lists METADATA's hash and size; patch that line too, so rules_python's repacked wheel has the RECORD the
+# patched wheel claims (otherwise it prints a warning on every fetch).
+digest = base64.urlsafe_b64encode(hashlib.sha256(patched.encode("utf-8")).digest()).rstrip(b"=").decode()
+record = archive.read(f"{dist_info}/RECORD").decode("utf-8")
+new_record = re.sub(rf"(?m)^{re.escape(dist_info)}/METADATA,[^\n]*$",
+                    f"{dist_info}/METADATA,sha256={digest},{len(patched.encode('utf-8'))}", record)
+diff = ""
+for path, before, after in (("METADATA", original, patched), ("RECORD", record, new_record)):
+    diff += "".join(difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                         f"a/{dist_info}/{path}", f"b/{dist_info}/{path}"))
+(out / f"{name}-{version}.metadata.patch").write_text(diff, encoding="utf-8")
 PY
 done
 
@@ -136,7 +150,8 @@ fi
 
 {
   header "macOS arm64 (macOS $darwin_min_macos or newer); torch from PyPI" bazel_requirements_lock_darwin.txt \
-    "Resolved for $darwin_platform by uv $uv_version against https://pypi.org/simple: every hash is PyPI's."
+    "Resolved for $darwin_platform by uv $uv_version against https://pypi.org/simple: those hashes are PyPI's;" \
+    "the nodeps packages' are those of the wheels pip downloaded, as in the Linux lock (pure-Python wheels)."
   cat "$work/darwin.txt"
   echo
   echo "# ---- locked without their dependencies (see bazel_requirements_nodeps.in) ----"
