@@ -17,11 +17,13 @@ import collections
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUFWriter, TokenType
+
+from src.common.errors import UserError, run_cli
 
 # --- Everything that decides the file, in one place ---
 ARCHITECTURE = "llama"
@@ -170,8 +172,11 @@ def write(path: str | os.PathLike) -> Path:
     return path
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Rewrite the committed file (under `bazel run`, in the source tree)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv:
+        raise UserError(f"make_tiny_llama_gguf takes no arguments (got {' '.join(argv)}); it rewrites {SOURCE_PATH}")
     root = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", Path(__file__).resolve().parents[2]))
     out = write(root / SOURCE_PATH)
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
@@ -179,4 +184,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -12,7 +12,9 @@ from gguf import GGUFReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src.common import tiny_llama_gguf
+from src.common.errors import EXIT_USAGE
 from src.common.gguf_import import import_gguf, invalid_token_id_keys
+from src.common.testing import run_cli_captured
 
 BROKEN_KEYS = ["tokenizer.ggml.padding_token_id", "tokenizer.ggml.seperator_token_id"]  # gguf's spelling
 
@@ -33,6 +35,13 @@ class TinyLlamaGgufTest(unittest.TestCase):
             sha256(fresh), sha256(self.committed),
             "src/common/testdata/tiny_llama.gguf is stale: run bazel run //src/common:make_tiny_llama_gguf",
         )
+
+    def test_the_program_takes_no_arguments(self):
+        code, stdout, stderr = run_cli_captured(tiny_llama_gguf.main, ["--out", str(self.tmp / "x.gguf")])
+        self.assertEqual(code, EXIT_USAGE)
+        self.assertEqual(len(stderr.strip().splitlines()), 1, stderr)
+        self.assertIn("takes no arguments", stderr)
+        self.assertEqual(list(self.tmp.iterdir()), [])
 
     def test_has_the_broken_special_token_ids_of_llama2c_exports(self):
         self.assertEqual(sorted(invalid_token_id_keys(GGUFReader(self.committed))), BROKEN_KEYS)

@@ -26,7 +26,7 @@ from src.common.cpu import cpu_flags, resolve_precision
 from src.common.data import DEFAULT_DATA, find_local_files
 from src.common.errors import CliArgumentParser, UserError
 from src.common.models import DEFAULT_MODEL, resolve_model_source
-from src.common.paths import default_output_dir, resolve_user_path
+from src.common.paths import default_output_dir, read_user_text, resolve_user_path
 
 CHECKPOINTS_SUBDIR = "checkpoints"  # <output_dir>/checkpoints/checkpoint-<step>: what --resume continues from
 LOG_FILE = "train.log"  # <output_dir>/train.log: the full log of every run in that folder, each appended
@@ -401,10 +401,7 @@ class _ArgumentParser(HfArgumentParser, CliArgumentParser):
 def read_config_file(path: str | Path, config_class: type[JobConfig] | None = None) -> dict[str, Any]:
     """Flag values from a JSON or YAML file: a mapping of flag names (without --) to values."""
     path = resolve_user_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read config file {path}: {e.strerror}") from None
+    text = read_user_text(path, "config file")
     is_yaml = path.suffix in (".yaml", ".yml")
     try:
         values = yaml.safe_load(text) if is_yaml else json.loads(text)

@@ -211,6 +211,10 @@ class ConfigFileTest(ConfigTestCase):
         self.assertUserError(["--config", self.write("l.json", "[1, 2]")], "mapping")
         self.assertUserError(["--config", self.write("v.json", '{"max_length": 2}')], "--max_length must be in")
         self.assertUserError(["--config", str(self.dir / "missing.json")], "cannot read config file")
+        latin1 = self.dir / "latin1.yaml"
+        latin1.write_bytes("sample_text: très bien\n".encode("latin-1"))
+        self.assertUserError(["--config", str(latin1)], "config file")
+        self.assertUserError(["--config", str(latin1)], "is not UTF-8 text")
 
 
 class FingerprintTest(ConfigTestCase):
