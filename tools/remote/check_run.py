@@ -7,6 +7,9 @@ exits 1 on a failure.
     check_run.py runs WORKER_LOG_DIR TARGET         print how many times the workers ran TARGET's test
     check_run.py overlap WORKER_LOG_DIR TARGET TARGET
                                                     the two tests ran at the same time on different workers
+    check_run.py in-image WORKER_LOG_DIR IMAGE TARGET...
+                                                    every run of the tests was inside IMAGE (the exact
+                                                    container-image string), none on the host
     check_run.py intervals WORKER_LOG_DIR           print every test run: worker, start, end (no-end: still
                                                     running, or the worker died), target
 
@@ -25,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 # The worker's log lines (tools/remote/worker.py): "<date> <time> <worker> INFO action-run lease=L argv=A ...".
-RUN_LINE = re.compile(r"^(\S+ \S+) (\S+) INFO action-run lease=(\S+) argv=(.*?) timeout=")
+RUN_LINE = re.compile(r"^(\S+ \S+) (\S+) INFO action-run lease=(\S+) argv=(.*?) timeout=.* image=(\S+) network=")
 END_LINE = re.compile(r"^(\S+ \S+) (\S+) INFO action-end lease=(\S+) .*exit_code=(-?\d+)")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
 
@@ -98,6 +101,7 @@ class Run:
     start: datetime
     end: datetime | None
     exit_code: int | None
+    image: str = ""
 
 
 def worker_runs(log_dir: Path) -> list[Run]:
@@ -106,10 +110,11 @@ def worker_runs(log_dir: Path) -> list[Run]:
     for log_file in sorted(log_dir.glob("worker-*.log")):
         for line in log_file.read_text(errors="replace").splitlines():
             if match := RUN_LINE.match(line):
-                when, worker, lease, argv = match.groups()
+                when, worker, lease, argv, image = match.groups()
                 args = argv.split()
                 if is_test_run(args, args[1] if len(args) >= 2 else ""):
-                    runs[(worker, lease)] = Run(worker, lease, args[1], datetime.strptime(when, TIME_FORMAT), None, None)
+                    runs[(worker, lease)] = Run(
+                        worker, lease, args[1], datetime.strptime(when, TIME_FORMAT), None, None, image)
             elif (match := END_LINE.match(line)) and (match.group(2), match.group(3)) in runs:
                 run = runs[(match.group(2), match.group(3))]
                 run.end = datetime.strptime(match.group(1), TIME_FORMAT)
@@ -134,6 +139,18 @@ def check_overlap(log_dir: Path, first: str, second: str) -> bool:
     return report(False, f"no overlapping runs of {first} and {second} on two workers in {log_dir}")
 
 
+def check_in_image(log_dir: Path, image: str, labels: list[str]) -> bool:
+    runs = worker_runs(log_dir)
+    ok = True
+    for label in labels:
+        found = [run for run in runs if run.target == test_path(label)]
+        outside = [f"{run.worker}:{run.image}" for run in found if run.image != image]
+        ok &= report(bool(found) and not outside,
+                     f"{label}: {len(found)} run(s), all inside {image}" if found and not outside
+                     else f"{label}: {len(found)} run(s); not inside {image}: {outside or 'no runs'}")
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     overlap = commands.add_parser("overlap")
     overlap.add_argument("log_dir", type=Path)
     overlap.add_argument("targets", nargs=2)
+    in_image = commands.add_parser("in-image")
+    in_image.add_argument("log_dir", type=Path)
+    in_image.add_argument("image")
+    in_image.add_argument("targets", nargs="+")
     intervals = commands.add_parser("intervals")
     intervals.add_argument("log_dir", type=Path)
     args = parser.parse_args(argv)
@@ -158,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "runs":
         print(sum(1 for run in worker_runs(args.log_dir) if run.target == test_path(args.target)))
         ok = True
+    elif args.command == "in-image":
+        ok = check_in_image(args.log_dir, args.image, args.targets)
     elif args.command == "overlap":
         ok = check_overlap(args.log_dir, *args.targets)
     else:

@@ -5,17 +5,25 @@
 # against it, and stops it again. Every check prints PASS or FAIL; the script
 # exits 1 if any failed. CI runs it (.ci/run, stage "remote").
 #
-# usage: tools/remote/integration_test.sh [--keep] [--port PORT] [--pg-port PORT]
+# usage: tools/remote/integration_test.sh [--keep] [--port PORT] [--pg-port PORT] [--image-layout DIR]
 #   --keep          leave the deployment running afterwards (stop it with the
 #                   selfhosted.sh command printed at the end)
 #   --port PORT     BuildGrid's port for this run [50061, not the default 50051,
 #                   so that a running deployment is left alone]
 #   --pg-port PORT  PostgreSQL's port for this run [54339]
+#   --image-layout DIR  the pinned worker image's OCI layout (selfhosted.sh builds it
+#                   there if it does not hold it) [selfhosted.sh's default]
 #
 # Checks:
 #   worker      the worker's unit tests (tools/remote/worker_test.py)
 #   remote      //src/training:training_test and //src/cache_manager:cache_manager_test
-#               pass, and the execution log shows both ran on a remote worker
+#               pass, the execution log shows both ran on a remote worker, and the
+#               workers' logs that both ran inside the pinned image
+#   image       //tools/remote:in_image_test passes on a worker: the image's marker is
+#               there, a path that exists only on the host is not, uid 10001, read-only
+#               root, no network
+#   other-image an action naming another container-image is refused, naming the
+#               images the worker has, with a hint
 #   parallel    with 2 workers, those two training tests ran at the same time
 #   outputs     the remote test's undeclared outputs (metrics JSON, plot, model) are
 #               in bazel-testlogs/.../test.outputs/outputs.zip
@@ -29,6 +37,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 keep=0
+image_layout=()
 port=50061
 pg_port=54339
 while [[ $# -gt 0 ]]; do
@@ -36,6 +45,7 @@ while [[ $# -gt 0 ]]; do
     --keep) keep=1; shift ;;
     --port) port="${2:?--port needs a value}"; shift 2 ;;
     --pg-port) pg_port="${2:?--pg-port needs a value}"; shift 2 ;;
+    --image-layout) image_layout=(--image-layout "${2:?--image-layout needs a directory}"); shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "integration_test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -45,7 +55,12 @@ remote_venv="${REMOTE_VENV:-/opt/cpu-finetune/remote-venv}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/cpu-finetune-remote-it.XXXXXX")"
 chmod 755 "$work"
 state="$work/state"
-deployment=(tools/remote/selfhosted.sh --state-dir "$state" --port "$port" --pg-port "$pg_port" --workers 2)
+deployment=(tools/remote/selfhosted.sh --state-dir "$state" --port "$port" --pg-port "$pg_port" --workers 2
+  "${image_layout[@]}")
+image="$("$remote_venv/bin/python" tools/remote/oci.py pinned .)"
+# A file only the host has: an action that sees it did not run in the image.
+host_only="$work/host-only-marker"
+touch "$host_only"
 # --disk_cache= : results must come from the remote cache, not a local disk cache in user.bazelrc.
 # --test_timeout: two training tests share 2 cores here (moderate: 300 s -> 900 s).
 remote_flags=(--config=selfhosted "--remote_executor=grpc://127.0.0.1:$port" --disk_cache=
@@ -98,6 +113,8 @@ bazel_run remote test "${remote_flags[@]}" --execution_log_json_file="$work/remo
 if [[ $rc -eq 0 ]]; then pass "remote: both tests passed"; else fail "remote: bazel test exited $rc"; fi
 "$remote_venv/bin/python" tools/remote/check_run.py ran-remotely "$work/remote.exec.json" "$training" "$cache_manager" \
   || fail "remote: execution log"
+"$remote_venv/bin/python" tools/remote/check_run.py in-image "$state/logs" "$image" "$training" "$cache_manager" \
+  || fail "remote: in the image"
 "$remote_venv/bin/python" tools/remote/check_run.py intervals "$state/logs"
 "$remote_venv/bin/python" tools/remote/check_run.py overlap "$state/logs" "$training" "$cache_manager" \
   || fail "parallel"
@@ -116,6 +133,25 @@ if [[ -f "$zip" ]]; then
 else
   fail "outputs: no $zip came back from the worker"
 fi
+
+section "image: a remote action sees the image, not the worker's host"
+bazel_run image test "${remote_flags[@]}" --test_output=all "--test_env=HOST_ONLY_PATH=$host_only" \
+  //tools/remote:in_image_test
+if [[ $rc -eq 0 ]]; then pass "image: in_image_test passed on a worker"; else fail "image: in_image_test exited $rc"; fi
+"$remote_venv/bin/python" tools/remote/check_run.py in-image "$state/logs" "$image" //tools/remote:in_image_test \
+  || fail "image: worker log"
+
+section "other-image: an action naming an image the workers do not hold"
+bazel_run other-image test "${remote_flags[@]}" //tools/remote:other_image_test
+if [[ $rc -ne 0 ]] && grep -q "this worker has no image 'docker://example.org/not-the-pinned-image@" "$work/other-image.log" \
+  && grep -qF "it has: '$image'" "$work/other-image.log"; then
+  pass "other-image: refused, naming the image the workers have"
+else
+  fail "other-image: expected a refusal naming the held image (exit $rc)"
+fi
+hint="$(tools/remote/selfhosted.sh check-bazel-log "$work/other-image.log" 2>&1 || true)"
+echo "$hint"
+if grep -q "container-image the workers do not hold" <<<"$hint"; then pass "other-image: hint"; else fail "other-image: no hint"; fi
 
 section "failure: a failing remote test fails the build and shows its log"
 echo "(Bazel's own \"FAIL: //tools/remote:failing_test\" below is expected)"

@@ -6,12 +6,16 @@
 # usage: tools/remote/selfhosted.sh [FLAGS] install|start|stop|status|check-bazel-log FILE
 #        tools/remote/selfhosted.sh bazel COMMAND [BAZEL ARGS...]
 #
-#   install   Debian's postgresql-15 (apt, if missing) and the deployment's venv
-#             ($REMOTE_VENV, default /opt/cpu-finetune/remote-venv) from
-#             tools/remote/requirements_lock.txt (--require-hashes).
+#   install   Debian's postgresql-15 and bubblewrap (apt, if missing) and the
+#             deployment's venv ($REMOTE_VENV, default /opt/cpu-finetune/remote-venv)
+#             from tools/remote/requirements_lock.txt (--require-hashes).
 #   start     install, then start what is not running yet (idempotent): PostgreSQL
 #             (initdb into the state dir, trust auth on 127.0.0.1), `bgd migrate
-#             apply`, `bgd server start` with a generated config, N workers.
+#             apply`, `bgd server start` with a generated config, N workers. The
+#             workers run every action inside the pinned worker image
+#             (docker/worker_image.bzl): docker/build.sh builds it into --image-layout
+#             unless that holds it already (the build is reproducible, so every
+#             machine can build its own), and it is unpacked once per machine.
 #   stop      stop workers, server and PostgreSQL; keeps the state dir (CAS, DB)
 #             unless --purge.
 #   status    what runs here and whether the endpoint answers; exit 1 if something is down.
@@ -38,11 +42,13 @@
 #                     --workers-only, the head node's endpoint
 #   --workers-only    start only workers (a worker machine of a cluster)
 #   --keepalive S     bot session keepalive, seconds [10]
+#   --image-layout DIR  the OCI layout of the pinned image [$CPU_FINETUNE_IMAGE_DIR, else
+#                     ${XDG_CACHE_HOME:-~/.cache}/cpu-finetune/worker-image, as docker/build.sh]
 #   --purge           with stop: also delete the state dir
 #
 # Several machines: on the head node
 #   tools/remote/selfhosted.sh --bind 0.0.0.0 --workers 2 start
-# on each worker machine (same repo checkout, same venv path /opt/cpu-finetune/venv)
+# on each worker machine (same repo checkout; no project venv needed: actions run in the image)
 #   tools/remote/selfhosted.sh --workers-only --server grpc://HEAD:50051 --workers 2 start
 # and in each client's user.bazelrc
 #   build:selfhosted --remote_executor=grpc://HEAD:50051
@@ -65,6 +71,7 @@ pg_port=54329
 server=""
 workers_only=0
 keepalive=10
+image_layout="${CPU_FINETUNE_IMAGE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cpu-finetune/worker-image}"
 purge=0
 instance=main
 
@@ -86,6 +93,7 @@ while [[ $# -gt 0 ]]; do
     --server) server="${2:?--server needs a value}"; shift 2 ;;
     --workers-only) workers_only=1; shift ;;
     --keepalive) keepalive="${2:?--keepalive needs a value}"; shift 2 ;;
+    --image-layout) image_layout="${2:?--image-layout needs a directory}"; shift 2 ;;
     --purge) purge=1; shift ;;
     -h | --help) usage; exit 0 ;;
     install | start | stop | status) command="$1"; shift ;;
@@ -118,10 +126,13 @@ wait_for_port() { # host port seconds what
 }
 
 do_install() {
-  if [[ ! -x "$pg_bin/postgres" ]] && [[ $workers_only -eq 0 ]]; then
-    log "installing Debian's postgresql-15"
+  local packages=()
+  [[ ! -x "$pg_bin/postgres" && $workers_only -eq 0 ]] && packages+=(postgresql-15)
+  command -v bwrap >/dev/null || packages+=(bubblewrap)
+  if [[ ${#packages[@]} -gt 0 ]]; then
+    log "installing Debian's ${packages[*]}"
     sudo_if_needed apt-get update -qq
-    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
   fi
   local lock="$repo/tools/remote/requirements_lock.txt" stamp="$remote_venv/.lock.sha256"
   local want
@@ -203,9 +214,11 @@ schedulers:
     action-cache: *action-cache
     # Every platform property Bazel sends must be declared (//bazel/platforms:remote_worker
     # sends OSFamily and container-image); jobs are matched to workers on OSFamily.
+    # The workers check container-image themselves (exactly, against the images they
+    # hold) and refuse another; dockerNetwork=standard gives an action the network.
     property-set: !dynamic-property-set
       match-property-keys: [OSFamily]
-      wildcard-property-keys: [ISA, container-image]
+      wildcard-property-keys: [ISA, container-image, dockerNetwork]
     # Workers heartbeat every 2 s and long-poll for 80% of this: a killed worker's
     # lease is requeued about this long (plus up to 10 s) after its last heartbeat.
     bot-session-keepalive-timeout: $keepalive
@@ -240,8 +253,25 @@ start_server() {
     || die "BuildGrid did not open $bind:$port within 60 s, see $state_dir/logs/server.log"
 }
 
+# The pinned image's OCI layout, built here unless it holds the image of the current inputs; unpacked once for
+# all the workers of this machine (each verifies it against the pinned digest).
+prepare_image() {
+  image_name="$("$remote_venv/bin/python" "$repo/tools/remote/oci.py" pinned "$repo")"
+  local digest
+  digest="$("$remote_venv/bin/python" "$repo/tools/remote/oci.py" digest "$image_layout" 2>/dev/null || true)"
+  if [[ "$digest" != "${image_name##*@}" ]]; then
+    log "building the worker image into $image_layout (docker/build.sh)"
+    sudo_if_needed env CPU_FINETUNE_IMAGE_DIR="$image_layout" "$repo/docker/build.sh" --check-pin >/dev/null \
+      || die "the worker image could not be built as pinned (see above)"
+  fi
+  "$remote_venv/bin/python" "$repo/tools/remote/worker.py" --work-dir "$state_dir/images" --prepare-only \
+    --image "$image_name=$image_layout" --image-cache "$state_dir/images" >>"$state_dir/logs/images.log" 2>&1 \
+    || { tail -n 3 "$state_dir/logs/images.log" >&2; die "the worker image is not usable, see $state_dir/logs/images.log"; }
+}
+
 start_workers() {
   local i
+  [[ $workers -gt 0 ]] && prepare_image
   for ((i = 1; i <= workers; i++)); do
     local pid_file="$state_dir/worker-$i.pid"
     if pid_alive "$pid_file"; then continue; fi
@@ -249,6 +279,7 @@ start_workers() {
     setsid "$remote_venv/bin/python" "$repo/tools/remote/worker.py" \
       --server "$server" --instance "$instance" --name "$(hostname)-worker-$i" \
       --work-dir "$state_dir/worker-$i" --poll-timeout "$keepalive" \
+      --image "$image_name=$image_layout" --image-cache "$state_dir/images" \
       >>"$state_dir/logs/worker-$i.log" 2>&1 </dev/null &
     echo $! >"$pid_file"
   done
@@ -307,7 +338,7 @@ do_status() {
       echo "$(basename "$f" .pid): dead, see $state_dir/logs/$(basename "$f" .pid).log"; down=1
     fi
   done
-  echo "workers running here: $n"
+  echo "workers running here: $n (actions run in $("$remote_venv/bin/python" "$repo/tools/remote/oci.py" pinned "$repo"))"
   if [[ $down -eq 0 && $workers_only -eq 0 ]]; then
     "$remote_venv/bin/bgd" capabilities --remote "http://${server#grpc://}" --instance-name "$instance" \
       >/dev/null 2>&1 && echo "endpoint: $server instance '$instance' answers" \
@@ -328,6 +359,10 @@ do_check_bazel_log() {
   fi
   if grep -qE "Invalid instance name|[Ii]nstance.*(does not exist|not found|unknown|Unknown)|INVALID_ARGUMENT: .*instance" "$check_file"; then
     echo "selfhosted.sh: hint: the server has no instance named by --remote_instance_name: use --remote_instance_name=$instance (the deployment's instance) in user.bazelrc, or name the instance in the server's config" >&2
+    found=1
+  fi
+  if grep -qE "this worker has no image" "$check_file"; then
+    echo "selfhosted.sh: hint: the action names a container-image the workers do not hold: //bazel/platforms:remote_worker sends WORKER_IMAGE from docker/worker_image.bzl; rebuild and re-pin with docker/build.sh --pin, then restart the workers (tools/remote/selfhosted.sh stop; start)" >&2
     found=1
   fi
   return $((found == 1 ? 1 : 0))

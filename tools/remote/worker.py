@@ -9,15 +9,23 @@ One worker runs one action at a time:
    the input tree from CAS (BatchReadBlobs; ByteStream for large blobs) and
    materialises the tree in a fresh directory of its own (executable bits and
    symlinks kept).
-3. It runs the command with exactly the action's environment, working directory
-   and timeout, then uploads the outputs (files; directories as Tree messages),
+3. It runs the command inside the worker image the action names (its
+   `container-image` platform property, which must be one of the images this worker
+   holds, byte for byte): bubblewrap with the image's unpacked root read-only as `/`,
+   the input root bound at /action, a private /tmp and home, new user (uid 10001),
+   PID, IPC, UTS and network namespaces (the network stays only for an action with
+   `dockerNetwork=standard`), exactly the action's environment, working directory
+   and timeout. Each image is verified against its digest and unpacked once (in
+   --image-cache). An action naming another image is refused with the list of the
+   images this worker has. Without --image the command runs on the host. It then uploads the outputs (files; directories as Tree messages),
    stdout and stderr, and completes the lease with an ActionResult: a command
    that exits non-zero is an OK lease with that exit code; a timeout is
    DEADLINE_EXCEEDED; a failure of the worker itself (CAS, disk) is INTERNAL, which
    the server retries on another worker.
 
 Run it from the deployment's venv (tools/remote/selfhosted.sh does):
-    python -m tools.remote.worker --server grpc://127.0.0.1:50051 --instance main --work-dir DIR
+    python tools/remote/worker.py --server grpc://127.0.0.1:50051 --instance main --work-dir DIR \
+        --image docker://ghcr.io/cpu-finetune/worker@sha256:HEX=/path/to/oci-layout
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
+import oci
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from buildgrid._protos.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
@@ -51,10 +60,19 @@ LOG = logging.getLogger("worker")
 # --- Defaults (one place) ---------------------------------------------------------
 DEFAULT_SERVER = "grpc://127.0.0.1:50051"
 DEFAULT_INSTANCE = "main"
-# Properties this worker offers. BuildGrid matches jobs on the keys its property
-# set lists as match keys (OSFamily here); container-image and ISA are wildcard
-# keys: accepted, not matched. This worker runs actions natively, not in the image.
+# Properties this worker offers (besides one container-image per --image). BuildGrid
+# matches jobs on the keys its property set lists as match keys (OSFamily here);
+# container-image is a wildcard key there, so the worker itself refuses an image it
+# does not hold (self-hosted NativeLink matches it exactly in the scheduler).
 DEFAULT_PROPERTIES = ("OSFamily=Linux",)
+IMAGE_PROPERTY = "container-image"
+# Remote Build Execution's convention for an action that needs the network.
+NETWORK_PROPERTY, NETWORK_ON = "dockerNetwork", "standard"
+# Inside the image (docker/build.sh makes these): the user actions run as, its home,
+# the mount point of the input root.
+ACTION_UID = 10001
+ACTION_HOME = "/home/worker"
+ACTION_ROOT = "/action"
 # Must not exceed the server's bot-session-keepalive-timeout: an idle long poll
 # lasts 80% of it, a busy worker sends a heartbeat every BUSY_HEARTBEAT_S.
 DEFAULT_POLL_TIMEOUT_S = 10.0
@@ -311,22 +329,103 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+class Refused(Exception):
+    """An action this worker will not run (an image it does not hold)."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Where actions run: an unpacked image root (None: on the host)."""
+
+    rootfs: Path | None = None
+    network: bool = False
+
+    def argv(self, command: re_pb2.Command, input_root: Path, env: dict[str, str]) -> tuple[list[str], Path, dict]:
+        """The argv, host working directory and host environment that run `command`."""
+        working_dir = input_root / command.working_directory
+        if self.rootfs is None:
+            return list(command.arguments), working_dir, env
+        inner_dir = f"{ACTION_ROOT}/{command.working_directory}".rstrip("/")
+        argv = [
+            "bwrap", "--die-with-parent",
+            "--unshare-user", "--uid", str(ACTION_UID), "--gid", str(ACTION_UID),
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            *([] if self.network else ["--unshare-net"]),
+            "--ro-bind", str(self.rootfs), "/", "--proc", "/proc", "--dev", "/dev",
+            "--tmpfs", "/tmp", "--tmpfs", ACTION_HOME,
+            "--bind", str(input_root), ACTION_ROOT, "--chdir", inner_dir,
+            "--clearenv",
+        ]
+        for name, value in env.items():
+            argv += ["--setenv", name, value]
+        # bwrap itself comes from the worker's PATH; the action sees only its own environment.
+        return [*argv, "--", *command.arguments], input_root, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def platform_properties(action: re_pb2.Action, command: re_pb2.Command) -> dict[str, str]:
+    """The action's platform (REAPI 2.2 puts it on the Action; older clients on the Command)."""
+    platform = action.platform if action.platform.properties else command.platform
+    return {prop.name: prop.value for prop in platform.properties}
+
+
+class Images:
+    """The worker images this worker holds: each verified against the digest its name pins, unpacked once."""
+
+    def __init__(self, layouts: dict[str, Path], cache: Path) -> None:
+        self.roots: dict[str, Path] = {}
+        for name, layout in layouts.items():
+            digest = image_digest(name)
+            image = oci.verify(layout, digest)
+            root = cache / digest.replace(":", "-")
+            if not root.is_dir():
+                LOG.info("unpacking %s from %s into %s", name, layout, root)
+            self.roots[name] = oci.unpack(image, root)
+            LOG.info("image %s ready at %s", name, root)
+
+    def sandbox(self, properties: dict[str, str]) -> Sandbox:
+        """The sandbox for an action's platform properties; Refused if it names an image not held here. An action
+        that names none runs in the first image."""
+        requested = properties.get(IMAGE_PROPERTY)
+        if requested is None:
+            rootfs = next(iter(self.roots.values()))
+        elif requested in self.roots:
+            rootfs = self.roots[requested]
+        else:
+            raise Refused(
+                f"this worker has no image {requested!r}; it has: {', '.join(repr(name) for name in self.roots)} "
+                f"(the container-image property must match one byte for byte: rebuild and re-pin the image, "
+                f"docker/build.sh --pin, or restart the workers with the pinned one)"
+            )
+        return Sandbox(rootfs=rootfs, network=properties.get(NETWORK_PROPERTY) == NETWORK_ON)
+
+
+def image_digest(name: str) -> str:
+    """The digest an image name pins (docker://REPOSITORY@sha256:HEX); ValueError otherwise."""
+    _, at, digest = name.rpartition("@")
+    hex_part = digest.removeprefix("sha256:")
+    if not at or not digest.startswith("sha256:") or len(hex_part) != 64 or not all(c in "0123456789abcdef" for c in hex_part):
+        raise ValueError(f"{name!r} does not pin a digest: expected docker://REPOSITORY@sha256:<64 hex digits>")
+    return digest
+
+
 def run_command(
     command: re_pb2.Command,
-    cwd: Path,
+    input_root: Path,
     timeout_s: float | None,
     log_dir: Path,
     started: Callable[[subprocess.Popen], None] = lambda process: None,
+    sandbox: Sandbox = Sandbox(),
 ) -> tuple[int, bool, bytes, bytes]:
-    """Runs the command in its own process group (passed to `started`, so that it
-    can be cancelled); returns (exit code, timed out, stdout, stderr)."""
+    """Runs the command (in `sandbox`) in its own process group (passed to `started`,
+    so that it can be cancelled); returns (exit code, timed out, stdout, stderr)."""
     env = {variable.name: variable.value for variable in command.environment_variables}
+    argv, cwd, process_env = sandbox.argv(command, input_root, env)
     stdout_path, stderr_path = log_dir / "stdout", log_dir / "stderr"
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            list(command.arguments),
+            argv,
             cwd=cwd,
-            env=env,
+            env=process_env,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
@@ -356,14 +455,19 @@ def execute(
     worker_name: str,
     lease_id: str,
     started: Callable[[subprocess.Popen], None] = lambda process: None,
+    images: Images | None = None,
 ) -> Execution:
-    """Fetches, materialises, runs and uploads one action; `action_dir` must not exist."""
+    """Fetches, materialises, runs (in the image it names, if `images`) and uploads
+    one action; `action_dir` must not exist. Raises Refused for an image not held."""
     metadata = re_pb2.ExecutedActionMetadata(worker=worker_name)
     metadata.worker_start_timestamp.FromDatetime(now_utc())
 
     metadata.input_fetch_start_timestamp.FromDatetime(now_utc())
     command = cas.read_message(action.command_digest, re_pb2.Command)
     assert isinstance(command, re_pb2.Command)
+    properties = platform_properties(action, command)
+    sandbox = images.sandbox(properties) if images is not None else Sandbox()
+    image = properties.get(IMAGE_PROPERTY, "-") if sandbox.rootfs is not None else "host"
     directories = fetch_directories(cas, action.input_root_digest)
     blobs = cas.read(file_digests(directories.values()))
     input_root = action_dir / "root"
@@ -375,9 +479,12 @@ def execute(
 
     timeout_s = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else None
     # tools/remote/check_run.py reads these lines: keep "action-run lease=... argv=..." stable.
-    LOG.info("action-run lease=%s argv=%s timeout=%s dir=%s", lease_id, " ".join(command.arguments[:3]), timeout_s, action_dir)
+    LOG.info("action-run lease=%s argv=%s timeout=%s dir=%s image=%s network=%s", lease_id,
+             " ".join(command.arguments[:3]), timeout_s, action_dir, image, sandbox.network)
     metadata.execution_start_timestamp.FromDatetime(now_utc())
-    exit_code, timed_out, stdout, stderr = run_command(command, working_dir, timeout_s or None, action_dir, started)
+    exit_code, timed_out, stdout, stderr = run_command(
+        command, input_root, timeout_s or None, action_dir, started, sandbox
+    )
     metadata.execution_completed_timestamp.FromDatetime(now_utc())
 
     metadata.output_upload_start_timestamp.FromDatetime(now_utc())
@@ -429,7 +536,7 @@ class RunningLease:
 
 class Worker:
     def __init__(self, channel: grpc.Channel, instance: str, name: str, properties: dict[str, str],
-                 work_dir: Path, poll_timeout_s: float, keep_dirs: bool) -> None:
+                 work_dir: Path, poll_timeout_s: float, keep_dirs: bool, images: Images | None = None) -> None:
         self._bots = bots_pb2_grpc.BotsStub(channel)
         self._cas = Cas(channel, instance)
         self._instance = instance
@@ -438,6 +545,7 @@ class Worker:
         self._work_dir = work_dir
         self._poll_timeout_s = poll_timeout_s
         self._keep_dirs = keep_dirs
+        self._images = images
         self._running: RunningLease | None = None
         self._stop = threading.Event()
 
@@ -450,10 +558,10 @@ class Worker:
             self._running.cancel()
 
     def _new_session(self) -> bots_pb2.BotSession:
-        device = worker_pb2.Device(
-            handle=self._name,
-            properties=[worker_pb2.Device.Property(key=k, value=v) for k, v in self._properties.items()],
-        )
+        properties = [worker_pb2.Device.Property(key=k, value=v) for k, v in self._properties.items()]
+        for name in self._images.roots if self._images is not None else ():
+            properties.append(worker_pb2.Device.Property(key=IMAGE_PROPERTY, value=name))
+        device = worker_pb2.Device(handle=self._name, properties=properties)
         worker = worker_pb2.Worker(devices=[device], configs=[worker_pb2.Worker.Config(key="capacity", value="1")])
         session = self._bots.CreateBotSession(
             bots_pb2.CreateBotSessionRequest(
@@ -462,7 +570,8 @@ class Worker:
             ),
             timeout=self._poll_timeout_s,
         )
-        LOG.info("bot session %s created with properties %s", session.name, self._properties)
+        LOG.info("bot session %s created with properties %s", session.name,
+                 [f"{p.key}={p.value}" for p in properties])
         return session
 
     def _connect(self) -> bots_pb2.BotSession | None:
@@ -550,12 +659,18 @@ class Worker:
         try:
             execution = execute(
                 self._cas, action, action_dir, self._name, running.lease_id,
-                started=running.started,
+                started=running.started, images=self._images,
             )
             LOG.info(
                 "action-end lease=%s action=%s exit_code=%d status=%s seconds=%.1f",
                 running.lease_id, action_digest.hash, execution.result.exit_code,
                 code_pb2.Code.Name(execution.status.code), time.monotonic() - start,
+            )
+        except Refused as error:
+            LOG.error("action-refused lease=%s action=%s: %s", running.lease_id, action_digest.hash, error)
+            execution = Execution(
+                status=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=f"worker {self._name}: {error}"),
+                result=re_pb2.ActionResult(),
             )
         except Exception as error:  # The worker's own failure: let the server retry elsewhere.
             LOG.exception("action-error lease=%s action=%s", running.lease_id, action_digest.hash)
@@ -603,15 +718,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-timeout", type=float, default=DEFAULT_POLL_TIMEOUT_S,
                         help="seconds per UpdateBotSession; at most the server's bot keepalive")
     parser.add_argument("--keep-dirs", action="store_true", help="keep each action's directory (debugging)")
+    parser.add_argument("--image", action="append", default=[], metavar="NAME=LAYOUT",
+                        help="an image to run actions in: its exact container-image string "
+                             "(docker://REPOSITORY@sha256:HEX) = the OCI layout that holds it (repeatable; "
+                             "the first serves actions that name none); without it, actions run on the host")
+    parser.add_argument("--image-cache", type=Path, default=None,
+                        help="where images are unpacked, once each [WORK_DIR/images]")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="verify and unpack the --image images, then exit (before starting several workers)")
     args = parser.parse_args(argv)
+    layouts = {}
+    for value in args.image:
+        name, sep, layout = value.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError(f"--image must be NAME=LAYOUT, not {value!r}")
+            image_digest(name)
+        except ValueError as error:
+            parser.exit(2, f"worker: error: {error}\n")
+        layouts[name] = Path(layout)
 
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s"
     )
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    images = None
+    if layouts:
+        if shutil.which("bwrap") is None:
+            LOG.error("bubblewrap (bwrap) is not installed: apt-get install bubblewrap, or run without --image")
+            return 2
+        try:
+            images = Images(layouts, (args.image_cache or args.work_dir / "images").resolve())
+        except (oci.ImageError, OSError) as error:
+            LOG.error("cannot serve the image: %s", error)
+            return 2
+    else:
+        LOG.warning("no --image: actions run on this host, with its programs and files")
+    if args.prepare_only:
+        return 0
     worker = Worker(
         open_channel(args.server), args.instance, args.name, parse_properties(args.property),
-        args.work_dir.resolve(), args.poll_timeout, args.keep_dirs,
+        args.work_dir.resolve(), args.poll_timeout, args.keep_dirs, images,
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:

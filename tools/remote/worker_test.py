@@ -1,6 +1,8 @@
 """Unit tests of the worker's parts that need no server: input-tree materialisation,
 output collection (files, directories as Tree messages), running a command with
-its environment and timeout.
+its environment and timeout, and running it inside an image (a tiny real one: bash
+and its libraries, written as an OCI layout by oci.py, verified, unpacked, run in
+bubblewrap).
 
 They need BuildGrid's protos, so they run in the deployment's venv, not under
 `bazel test //...`; tools/remote/integration_test.sh runs them:
@@ -10,11 +12,14 @@ They need BuildGrid's protos, so they run in the deployment's venv, not under
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 import unittest
 from pathlib import Path
 
+import oci
 import worker
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
@@ -163,6 +168,145 @@ class CancelTest(unittest.TestCase):
             exit_code, timed_out, _, _ = worker.run_command(command, Path(tmp), None, Path(tmp), running.started)
         self.assertEqual((exit_code, timed_out), (-9, False))
         self.assertLess(time.monotonic() - start, 10)
+
+
+# --- Images ----------------------------------------------------------------------
+
+EPOCH = 1_700_000_000
+
+
+def bash_root(root: Path, marker: str = "tiny image") -> Path:
+    """A root directory in which bash runs: /bin/bash, the libraries it links, the worker image's mount points."""
+    libraries = [line.split()[-2] if "=>" in line else line.split()[0]
+                 for line in subprocess.run(["ldd", "/bin/bash"], capture_output=True, text=True, check=True)
+                 .stdout.splitlines() if "/" in line]
+    for source in ["/bin/bash", *libraries]:
+        target = root / source.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(source), target)
+    for directory in ("tmp", "action", "home/worker", "etc", "proc", "dev"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "marker").write_text(marker)
+    (root / "opt" / "venv").mkdir(parents=True)
+    (root / "opt" / "venv" / "python").write_text("not really")
+    return root
+
+
+def write_image(root: Path, layout: Path) -> str:
+    config = oci.ImageConfig("10001:10001", ("PATH=/bin",), "/home/worker", {"k": "v"}, ("base", "venv"))
+    return oci.write_layout(root, layout, "opt/venv", EPOCH, config, "latest")
+
+
+class OciTest(unittest.TestCase):
+    def test_same_root_same_digest_whatever_the_times(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = bash_root(Path(tmp) / "root")
+            first = write_image(root, Path(tmp) / "a")
+            os.utime(root / "etc" / "marker", (0, 0))
+            (root / "tmp" / "x").write_text("x")
+            (root / "tmp" / "x").unlink()
+            self.assertEqual(write_image(root, Path(tmp) / "b"), first)
+            (root / "etc" / "marker").write_text("changed")
+            self.assertNotEqual(write_image(root, Path(tmp) / "c"), first)
+
+    def test_verify_rejects_another_digest_and_a_tampered_layer(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            layout = Path(tmp) / "layout"
+            digest = write_image(bash_root(Path(tmp) / "root"), layout)
+            self.assertEqual(oci.verify(layout, digest).digest, digest)
+            with self.assertRaisesRegex(oci.ImageError, "not sha256:0+"):
+                oci.verify(layout, "sha256:" + "0" * 64)
+            image = oci.verify(layout)
+            layer = image.blob(image.manifest["layers"][1]["digest"])
+            data = bytearray(layer.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            layer.write_bytes(bytes(data))
+            with self.assertRaisesRegex(oci.ImageError, "layer 1 blob .* does not match its digest"):
+                oci.verify(layout, digest)
+
+    def test_two_layers_split_at_the_venv_and_unpack_whole(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            layout = Path(tmp) / "layout"
+            write_image(bash_root(Path(tmp) / "root"), layout)
+            image = oci.verify(layout)
+            self.assertEqual(len(image.manifest["layers"]), 2)
+            self.assertEqual(image.config["config"]["User"], "10001:10001")
+            unpacked = oci.unpack(image, Path(tmp) / "unpacked")
+            self.assertEqual((unpacked / "opt" / "venv" / "python").read_text(), "not really")
+            self.assertTrue(os.access(unpacked / "bin" / "bash", os.X_OK))
+            self.assertEqual(list(Path(tmp).glob(".unpacked.partial-*")), [])
+
+
+class ImageSandboxTest(unittest.TestCase):
+    """Runs commands in a real (tiny) image through Images, as the worker does."""
+
+    def setUp(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = Path(self._tmp.name)
+        self.name = "docker://example.org/tiny@" + write_image(bash_root(self.tmp / "root"), self.tmp / "layout")
+        self.images = worker.Images({self.name: self.tmp / "layout"}, self.tmp / "cache")
+        self.input_root = self.tmp / "input"
+        (self.input_root / "pkg").mkdir(parents=True)
+        (self.input_root / "pkg" / "in.txt").write_text("input\n")
+
+    def tearDown(self) -> None:
+        self._tmp.cleanup()
+
+    def run_in(self, script: str, properties: dict[str, str] | None = None, timeout: float | None = None,
+               env: dict[str, str] | None = None) -> tuple[int, bool, str, str]:
+        command = re_pb2.Command(
+            arguments=["/bin/bash", "-c", script], working_directory="pkg",
+            environment_variables=[re_pb2.Command.EnvironmentVariable(name=k, value=v) for k, v in (env or {}).items()],
+        )
+        sandbox = self.images.sandbox(properties if properties is not None else {"container-image": self.name})
+        exit_code, timed_out, stdout, stderr = worker.run_command(
+            command, self.input_root, timeout, self.tmp, sandbox=sandbox)
+        return exit_code, timed_out, stdout.decode(), stderr.decode()
+
+    def test_runs_in_the_image_not_on_the_host(self) -> None:
+        host_only = self.tmp / "host-only"
+        host_only.write_text("x")
+        code, _, out, err = self.run_in(
+            f'echo "$(< /etc/marker) $PWD $EUID"; [[ -e {host_only} || -e /usr/bin/python3 ]] && echo HOST; exit 3')
+        self.assertEqual((code, out, err), (3, "tiny image /action/pkg 10001\n", ""))
+
+    def test_root_is_read_only_and_tmp_home_and_the_input_root_are_writable(self) -> None:
+        code, _, out, err = self.run_in(
+            'echo > /etc/new 2>/dev/null && echo WROTE-ROOT; echo t > /tmp/t && echo h > /home/worker/h && echo $(< in.txt) > out.txt; echo ok')
+        self.assertEqual((code, out), (0, "ok\n"), err)
+        self.assertEqual((self.input_root / "pkg" / "out.txt").read_text(), "input\n")
+        self.assertEqual(list((self.tmp / "cache").glob("*/tmp/t")), [], "the image's /tmp was written")
+
+    def test_exactly_the_actions_environment(self) -> None:
+        os.environ["WORKER_TEST_LEAK"] = "leaked"
+        _, _, out, _ = self.run_in('echo "[$GREETING][${WORKER_TEST_LEAK:-}][${HOME:-}]"', env={"GREETING": "hi"})
+        self.assertEqual(out, "[hi][][]\n")
+
+    def test_no_network_unless_asked(self) -> None:
+        # Interface names from /proc/net/dev (two header lines), with bash alone.
+        script = 'n=0; while read -r line; do n=$((n + 1)); ((n > 2)) && echo "${line%%:*}"; done < /proc/net/dev'
+        _, _, out, _ = self.run_in(script)
+        self.assertEqual(out.split(), ["lo"])
+        _, _, out, _ = self.run_in(script, {"container-image": self.name, "dockerNetwork": "standard"})
+        host = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
+        self.assertEqual(sorted(out.split()), sorted(host))
+
+    def test_timeout_kills_the_sandboxed_command(self) -> None:
+        start = time.monotonic()
+        code, timed_out, out, _ = self.run_in("read -t 30 < /dev/zero; while :; do :; done", timeout=0.5)
+        self.assertTrue(timed_out)
+        self.assertLess(time.monotonic() - start, 10)
+
+    def test_an_image_not_held_is_refused_naming_the_ones_held(self) -> None:
+        with self.assertRaisesRegex(worker.Refused, r"no image 'docker://other@sha256:.*it has: 'docker://example.org/tiny@sha256:"):
+            self.images.sandbox({"container-image": "docker://other@sha256:" + "1" * 64})
+        self.assertEqual(self.images.sandbox({}).rootfs, self.images.roots[self.name])
+
+    def test_an_image_name_must_pin_the_layouts_digest(self) -> None:
+        with self.assertRaisesRegex(ValueError, "does not pin a digest"):
+            worker.image_digest("docker://example.org/tiny:latest")
+        with self.assertRaisesRegex(oci.ImageError, "holds image sha256:.*, not sha256:2+"):
+            worker.Images({"docker://x@sha256:" + "2" * 64: self.tmp / "layout"}, self.tmp / "cache2")
 
 
 if __name__ == "__main__":
