@@ -23,14 +23,18 @@ import logging
 import os
 import re
 import shutil
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from torch.utils.data import DataLoader
+from transformers.trainer_pt_utils import get_length_grouped_indices
+from transformers.trainer_utils import seed_worker
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from src.common import distributed
 from src.common.paths import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -83,7 +87,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def mark_complete(path: str | os.PathLike, step: int) -> None:
+def mark_complete(path: str | os.PathLike, step: int, world_size: int = 1) -> None:
     """Declare a fully written checkpoint complete: flush its files to disk, then write the marker atomically."""
     path = Path(path)
     files = _files(path)
@@ -91,7 +95,13 @@ def mark_complete(path: str | os.PathLike, step: int) -> None:
         _fsync(path / name)
     for directory in {(path / name).parent for name in files} | {path}:
         _fsync(directory)  # the directory entries too, so the files survive a power loss, not just a kill
-    atomic_write_json(path / COMPLETE_MARKER, {"step": step, "files": files})
+    atomic_write_json(path / COMPLETE_MARKER, {"step": step, "world_size": world_size, "files": files})
+
+
+def saved_world_size(path: str | os.PathLike) -> int:
+    """The number of processes that saved a complete checkpoint (1 for checkpoints from before it was recorded)."""
+    marker = json.loads((Path(path) / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    return int(marker.get("world_size", 1))
 
 
 def incompleteness(path: str | os.PathLike) -> str | None:
@@ -153,23 +163,70 @@ def prune_checkpoints(root: str | os.PathLike, keep: int | None, protect: str | 
             remove_checkpoint(checkpoint.path)
 
 
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' LengthGroupedSampler with an order that depends only on (seed, epoch).
+class GlobalBatchSampler:
+    """Micro-batches of the same global batches whatever the world size: a batch sampler for DataLoader.
 
-    The Trainer calls `set_epoch` before every epoch, including the one a resumed run starts in the middle of.
+    The order is a function of (seed, epoch) alone — transformers' samplers draw from torch's global RNG, whose state
+    at the start of an epoch differs between a resumed run and an uninterrupted one — and of the global batch, not of
+    the world size: group_by_length sorts megabatches by length as transformers' LengthGroupedSampler does for that
+    batch; random is a seeded permutation; sequential the data's order. Each global batch (the last of an epoch may
+    be smaller) is cut into `world` contiguous shares, each share into `accumulation` micro-batches, yielded
+    accumulation-step-major so that accelerate's BatchSamplerShard (batch i goes to rank i % world) hands rank r
+    its share. One process thus takes the micro-batches a single process takes today, and N processes take the same
+    examples per optimizer step between them.
     """
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed = seed
+    def __init__(self, num_examples: int, global_batch: int, world: int, accumulation: int, seed: int,
+                 strategy: str = "group_by_length", lengths: list[int] | None = None):
+        if strategy == "group_by_length" and lengths is None:
+            raise ValueError("group_by_length needs the examples' lengths")
+        self.num_examples, self.global_batch, self.world, self.accumulation = num_examples, global_batch, world, accumulation
+        self.seed, self.strategy, self.lengths = seed, strategy, lengths
         self.epoch = 0
+        self.parts = world * accumulation  # micro-batches per optimizer step, all ranks together
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
+    def order(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        if self.strategy == "group_by_length":
+            return list(get_length_grouped_indices(self.lengths, self.global_batch, generator=generator))
+        if self.strategy == "random":
+            return torch.randperm(self.num_examples, generator=generator).tolist()
+        return list(range(self.num_examples))
+
+    def global_batches(self) -> list[list[int]]:
+        order = self.order()
+        batches = [order[i : i + self.global_batch] for i in range(0, len(order), self.global_batch)]
+        if batches and len(batches[-1]) < self.parts:  # too few examples left to give every micro-batch one
+            dropped = batches.pop()
+            logger.debug("dropping the last %d examples of the epoch (fewer than %d micro-batches)", len(dropped),
+                         self.parts)
+        return batches
+
+    def __iter__(self):
+        for batch in self.global_batches():
+            shares = _split(batch, self.world)
+            micro = [_split(share, self.accumulation) for share in shares]
+            for step in range(self.accumulation):
+                for rank in range(self.world):
+                    yield micro[rank][step]
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_examples, self.global_batch)
+        return (full + (rest >= self.parts)) * self.parts
+
+
+def _split(items: list[int], parts: int) -> list[list[int]]:
+    """`items` in `parts` contiguous pieces whose sizes differ by at most one (larger first)."""
+    size, extra = divmod(len(items), parts)
+    pieces, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        pieces.append(items[start:end])
+        start = end
+    return pieces
 
 
 class ResumableTrainer(Trainer):
@@ -184,20 +241,56 @@ class ResumableTrainer(Trainer):
         args = copy.copy(args)
         args.save_total_limit = None  # the Trainer's rotation runs before our marker; ours runs after it
         super().__init__(args=args, **kwargs)
+        if os.environ.get(distributed.KILL_RANK_AT_STEP_ENV):
+            self.add_callback(_KillRankAtStep())
 
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
-        if type(sampler) is LengthGroupedSampler:
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
-        return sampler
+    def get_train_dataloader(self) -> DataLoader:
+        """Batches from GlobalBatchSampler (same examples per optimizer step on any number of processes); the
+        Trainer's own for batch_rebalance."""
+        args = self.args
+        strategy = args.train_sampling_strategy
+        if strategy not in ("group_by_length", "random", "sequential"):
+            return super().get_train_dataloader()
+        dataset = self.train_dataset
+        lengths = list(dataset[args.length_column_name]) if strategy == "group_by_length" else None
+        sampler = GlobalBatchSampler(
+            len(dataset),
+            global_batch=args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            world=args.world_size,
+            accumulation=args.gradient_accumulation_steps,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            strategy=strategy,
+            lengths=lengths,
+        )
+        workers = args.dataloader_num_workers
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            worker_init_fn=partial(seed_worker, num_workers=workers, rank=args.process_index),
+            **({"persistent_workers": args.dataloader_persistent_workers} if workers else {}),
+        )
+        return self.accelerator.prepare(loader)
 
     def _save_checkpoint(self, model, trial) -> None:
+        """Every rank writes its part (rank 0 the model, optimizer and state; each rank its RNG state), then rank 0
+        marks the checkpoint complete once all have finished, recording the world size it was saved by."""
         path = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if path.exists():  # left by a save of this step that was killed, in the run this one resumes
+        if self.args.should_save and path.exists():  # left by a killed save of this step, in the run this resumes
             logger.warning("replacing %s, left over from an interrupted save", path)
             remove_checkpoint(path)
+        self.accelerator.wait_for_everyone()
         super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every rank's files are written
         if self.args.should_save:
-            mark_complete(path, self.state.global_step)
+            mark_complete(path, self.state.global_step, world_size=self.args.world_size)
             prune_checkpoints(path.parent, self.checkpoints_to_keep, protect=self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
+
+class _KillRankAtStep(TrainerCallback):
+    """distributed.KILL_RANK_AT_STEP_ENV's test hook: a real SIGKILL of one rank after an optimizer step."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        distributed.maybe_kill_self(state.global_step)

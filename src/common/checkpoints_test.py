@@ -85,20 +85,57 @@ class CheckpointFilesTest(unittest.TestCase):
         self.assertIn(COMPLETE_MARKER, checkpoints.incompleteness(path))
 
 
-class EpochSeededSamplerTest(unittest.TestCase):
+class GlobalBatchSamplerTest(unittest.TestCase):
+    LENGTHS = [(7 * i) % 29 + 1 for i in range(70)]  # 70 examples of varied lengths
+
+    def sampler(self, world: int = 1, accumulation: int = 1, strategy: str = "group_by_length",
+                global_batch: int = 16) -> checkpoints.GlobalBatchSampler:
+        return checkpoints.GlobalBatchSampler(len(self.LENGTHS), global_batch=global_batch, world=world,
+                                              accumulation=accumulation, seed=42, strategy=strategy,
+                                              lengths=self.LENGTHS)
+
+    @staticmethod
+    def steps(sampler: checkpoints.GlobalBatchSampler) -> list[list[int]]:
+        """The examples of each optimizer step, all ranks and micro-batches together, in yield order."""
+        micro = list(sampler)
+        parts = sampler.world * sampler.accumulation
+        return [sum(micro[i : i + parts], []) for i in range(0, len(micro), parts)]
+
     def test_order_depends_only_on_seed_and_epoch(self):
-        lengths = list(range(1, 65))
-        sampler = checkpoints.EpochSeededLengthGroupedSampler(batch_size=4, lengths=lengths, seed=42)
-        first = list(sampler)
-        torch.manual_seed(0)  # the global RNG plays no part
-        self.assertEqual(list(sampler), first)
-        self.assertEqual(sorted(first), list(range(64)))
-        sampler.set_epoch(1)
-        second = list(sampler)
-        self.assertNotEqual(second, first)
-        fresh = checkpoints.EpochSeededLengthGroupedSampler(batch_size=4, lengths=lengths, seed=42)
-        fresh.set_epoch(1)  # a resumed run that starts in epoch 1
-        self.assertEqual(list(fresh), second)
+        for strategy in ("group_by_length", "random"):
+            sampler = self.sampler(strategy=strategy)
+            first = list(sampler)
+            torch.manual_seed(0)  # the global RNG plays no part
+            self.assertEqual(list(sampler), first)
+            sampler.set_epoch(1)
+            second = list(sampler)
+            self.assertNotEqual(second, first)
+            fresh = self.sampler(strategy=strategy)
+            fresh.set_epoch(1)  # a resumed run that starts in epoch 1
+            self.assertEqual(list(fresh), second)
+
+    def test_every_world_size_takes_the_same_examples_per_step(self):
+        one = self.steps(self.sampler())
+        self.assertEqual(len(one), 5)  # 4 full steps of 16 and one of 6
+        self.assertEqual(sorted(sum(one, [])), list(range(70)))
+        for world, accumulation in ((2, 1), (4, 1), (2, 2), (1, 4)):
+            with self.subTest(world=world, accumulation=accumulation):
+                many = self.sampler(world, accumulation)
+                self.assertEqual(len(many), len(list(many)))
+                self.assertEqual([sorted(step) for step in self.steps(many)], [sorted(step) for step in one])
+
+    def test_rank_r_gets_its_contiguous_share_of_each_step(self):
+        micro = list(self.sampler(world=2, accumulation=2))  # per step: (r0, a0), (r1, a0), (r0, a1), (r1, a1)
+        first_step = self.steps(self.sampler())[0]
+        # accelerate's BatchSamplerShard hands batch i to rank i % 2: rank 0 the step's first 8 examples
+        self.assertEqual(micro[0] + micro[2], first_step[:8])
+        self.assertEqual(micro[1] + micro[3], first_step[8:])
+
+    def test_a_tail_too_small_for_every_micro_batch_is_dropped(self):
+        sampler = self.sampler(world=2, accumulation=4)  # 8 micro-batches per step; the last 6 examples cannot fill
+        self.assertEqual(len(self.steps(sampler)), 4)
+        self.assertEqual(len(sampler), 4 * 8)
+        self.assertEqual(len(list(sampler)), len(sampler))
 
 
 if __name__ == "__main__":

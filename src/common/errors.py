@@ -5,7 +5,10 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from src.common import ranks
+
 EXIT_USAGE = 2  # bad flag, bad config value, missing file: something the user can fix
+EXIT_LOST_CONTACT = 4  # a process of a distributed job lost the others (one died, or the network failed)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 logger = logging.getLogger(__name__)
@@ -31,8 +34,15 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         return main(argv)
     except UserError as e:
         message = " ".join(str(e).split())  # guarantee a single line
-        print(f"error: {message}", file=sys.stderr)
+        if ranks.report_rank_error(message):  # in a distributed job, rank 0 prints it (the launcher others')
+            print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:
+        lost = ranks.lost_contact(e)
+        if lost is None:
+            raise
+        print(f"error: {lost}", file=sys.stderr)
+        return EXIT_LOST_CONTACT
     except KeyboardInterrupt:
         logger.warning("interrupted")
         return EXIT_INTERRUPTED

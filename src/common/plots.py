@@ -2,11 +2,30 @@
 
 import io
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+def _quiet_matplotlib_config_dir() -> None:
+    """Where the home directory is read-only (a Bazel sandbox, a remote worker), matplotlib warns at import, on every
+    rank, and falls back to a temporary folder; pick that folder first, silently. MPLCONFIGDIR, if set, wins."""
+    if "MPLCONFIGDIR" in os.environ:
+        return
+    default = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib"
+    try:
+        default.mkdir(parents=True, exist_ok=True)
+        writable = os.access(default, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="matplotlib-")
+
+
+_quiet_matplotlib_config_dir()
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402 (after the config folder is chosen)
+from matplotlib.figure import Figure  # noqa: E402
 
 from src.common.paths import atomic_write_bytes
 

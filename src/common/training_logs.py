@@ -149,8 +149,9 @@ class EvalHistory:
     whether it was the evaluation before training, one the Trainer ran during training, or the one after.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, write: bool = True):
         self.path = Path(path)
+        self.write = write  # False in processes other than rank 0 of a distributed job: they keep it in memory
         self.entries: list[dict[str, Any]] = []
 
     def restore(self, up_to_step: int) -> None:
@@ -176,7 +177,8 @@ class EvalHistory:
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
         self.entries.append({"stage": stage, "step": step, "epoch": epoch, **numbers})
         self.entries.sort(key=lambda e: e["step"])  # stable: before, during, after at the same step stay in order
-        atomic_write_json(self.path, self.entries)
+        if self.write:
+            atomic_write_json(self.path, self.entries)
 
     def points(self, metric: str) -> list[tuple[int, float]]:
         """(step, value) of one metric over the run, for plotting."""

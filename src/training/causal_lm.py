@@ -15,6 +15,7 @@ summary table on stdout. The full log goes to <output_dir>/train.log.
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 the --expect_max_perplexity_ratio gate failed.
 """
 
+import contextlib
 import logging
 import math
 import platform
@@ -37,6 +38,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from src.common import distributed
 from src.common.checkpoints import ResumableTrainer, latest_complete_checkpoint
 from src.common.allocator import allocator_in_use
 from src.common.cpu import autocast, configure_threads, peak_rss_mib
@@ -233,6 +235,10 @@ def run(config: CausalLMConfig, run_log: RunLog | None = None) -> dict[str, Any]
 
     # --- 1. Setup ---
     threads = configure_threads()
+    world = distributed.join_world(config.data_parallel_world_size, config.ddp_timeout) if distributed.in_rank() else None
+    config.check_world(world.size if world else 1)
+    if world:
+        logger.info("distributed: %s", world.describe())
     # Data first: a malformed record fails before the (slow) model load.
     train_records, eval_records = load_instruction_data(
         config.data, config.eval_fraction, config.seed, config.max_train_samples, config.max_eval_samples
@@ -274,6 +280,9 @@ def run(config: CausalLMConfig, run_log: RunLog | None = None) -> dict[str, Any]
     train_start = perf_counter()
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = perf_counter() - train_start
+    parameters_digest = distributed.check_parameters_identical(model) if world else None
+    if world:
+        logger.info("trainable parameters identical on all %d processes (sha256 %s)", world.size, parameters_digest)
     epochs_run = trainer.state.epoch or 0.0
     tokens_trained = int(sum(train_set[LENGTH_COLUMN]) * epochs_run)  # padding excluded
 
@@ -284,7 +293,9 @@ def run(config: CausalLMConfig, run_log: RunLog | None = None) -> dict[str, Any]
         model, tokenizer, config.prompts, config.max_new_tokens, precision, config.progress("generate after")
     )
 
-    # --- 5. Save ---
+    # --- 5. Save (rank 0 only) ---
+    if not distributed.is_main_process():
+        return {}
     save_start = perf_counter()
     saved = save_outputs(model, tokenizer, config, source)
     save_seconds = perf_counter() - save_start
@@ -309,6 +320,7 @@ def run(config: CausalLMConfig, run_log: RunLog | None = None) -> dict[str, Any]
         "precision": precision,
         "threads": threads,
         "allocator": allocator_in_use(),
+        "distributed": distributed.run_report(world, parameters_digest),
         "parameters": parameters,
         "before": asdict(before),
         "after": asdict(after),
@@ -354,6 +366,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"data        {report['data']} ({examples['train']} train / {examples['held_out']} held out)",
         f"method      {report['method']}, {report['precision']}, {report['threads']} threads, "
         f"{report['allocator']} malloc; {parameters['trainable']:,} of {parameters['total']:,} parameters trained",
+        *([f"distributed {distributed.describe_report(report['distributed'])}"]
+          if report["distributed"]["world_size"] > 1 else []),
         "",
         f"{'held out':<12}  {'before':>9}  {'after':>9}",
         f"{'loss':<12}  {before['loss']:>9.4f}  {after['loss']:>9.4f}",
@@ -388,8 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv, parser=build_causal_lm_parser())
     setup_logging(config.console_log_level)
     command = shlex.join(["train_model", "--task", "causal-lm", *argv])
-    with RunLog(config.log_file, command, file_level(config.console_log_level)) as run_log:
+    log = RunLog(config.log_file, command, file_level(config.console_log_level)) if distributed.is_main_process() \
+        else contextlib.nullcontext()  # rank 0 alone writes train.log
+    with log as run_log:
         report = run(config, run_log)
+    if not distributed.is_main_process():
+        return 0
     print(format_report(report))
     gate = config.expect_max_perplexity_ratio
     if gate is not None and report["perplexity_ratio"] > gate:

@@ -164,6 +164,12 @@ class CausalLMConfig(JobConfig):
         find_instruction_files(self.data)  # a missing file or folder, an unknown builtin
         resolve_model_source(self.model)  # an unknown builtin, a missing file or folder, an uncached Hub id offline
 
+    def check_world(self, world: int) -> None:
+        super().check_world(world)
+        require(world == 1 or self.method != "qlora",
+                f"--method qlora trains in one process only (bitsandbytes' 4-bit layers are untested under "
+                f"DistributedDataParallel), not on {world}; use --method lora, or drop --nproc_per_node/--nnodes")
+
     @property
     def target_modules(self) -> str | list[str]:
         """peft's target_modules: the "all-linear" shorthand or a list of module names."""

@@ -19,9 +19,11 @@ from typing import Any, ClassVar, Literal
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+from transformers.training_args import ParallelMode
 from transformers.training_args import OptimizerNames, trainer_log_levels
 
-from src.common.checkpoints import latest_complete_checkpoint, list_checkpoints
+from src.common import distributed
+from src.common.checkpoints import latest_complete_checkpoint, list_checkpoints, saved_world_size
 from src.common.cpu import cpu_flags, resolve_precision
 from src.common.data import DEFAULT_DATA, find_local_files
 from src.common.errors import CliArgumentParser, UserError
@@ -148,6 +150,14 @@ class JobConfig(TrainingArguments):
         default="adamw_torch_fused",
         metadata={"help": "Optimizer; fused AdamW is 1.3-2.2x faster per step than adamw_torch on CPU."},
     )
+    ddp_timeout: int = field(
+        default=300,
+        metadata={
+            "help": "Seconds a process of a distributed job (--nproc_per_node, --nnodes) waits for the others: at "
+            "the start (every machine must have joined by then) and in every collective, before it fails with one "
+            "line (PyTorch's default is 1800)."
+        },
+    )
     dataloader_num_workers: int = field(
         default=0, metadata={"help": "Data loading worker processes; 0 leaves every core to the model."}
     )
@@ -204,10 +214,21 @@ class JobConfig(TrainingArguments):
         )
         limit = self.save_total_limit
         require(limit is None or limit >= 1, f"--save_total_limit must be >= 1 checkpoints, got {limit}")
+        require(self.ddp_timeout >= 1, f"--ddp_timeout must be >= 1 second, got {self.ddp_timeout}")
+        backend = self.ddp_backend
+        require(backend in (None, "gloo"), f"--ddp_backend {backend}: CPU data-parallel training uses gloo; drop it")
+        if distributed.world_size() > 1:  # a rank of a distributed job: gloo, and our timeout (not accelerate's)
+            self.ddp_backend = "gloo"
+            distributed.init_process_group(self.ddp_timeout)
         self.validate_job()
 
     def validate_job(self) -> None:
         """The job's own checks (subclasses); run by validate() before anything heavy is loaded."""
+
+    @property
+    def data_parallel_world_size(self) -> int:
+        """The processes the Trainer trains one model with: 1 unless it runs DistributedDataParallel."""
+        return self.world_size if self.parallel_mode == ParallelMode.DISTRIBUTED else 1
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -223,8 +244,10 @@ class JobConfig(TrainingArguments):
 
     @property
     def console_log_level(self) -> int:
-        """--log_level as a logging level; passive (TrainingArguments' "leave it as it is") is our default, INFO."""
-        return logging.INFO if self.log_level == "passive" else trainer_log_levels[self.log_level]
+        """--log_level as a logging level; passive (TrainingArguments' "leave it as it is") is our default, INFO.
+        Processes other than rank 0 show warnings and errors only (rank 0 reports for all)."""
+        level = logging.INFO if self.log_level == "passive" else trainer_log_levels[self.log_level]
+        return level if distributed.is_main_process() else max(level, logging.WARNING)
 
     @property
     def saves_checkpoints(self) -> bool:
@@ -237,6 +260,10 @@ class JobConfig(TrainingArguments):
         among those of an earlier run (a checkpoint-<step> of both runs could end up mixed).
         """
         root = self.checkpoint_dir
+        restarted = distributed.restart_count() > 0
+        if restarted:  # torchrun restarted the group after a process died: continue from the last checkpoint
+            latest = latest_complete_checkpoint(root)
+            return str(latest.path) if latest else None
         if self.resume:
             latest = latest_complete_checkpoint(root)
             require(
@@ -252,6 +279,21 @@ class JobConfig(TrainingArguments):
         )
         return None
 
+    def check_world(self, world: int) -> None:
+        """UserError unless the job can run on `world` processes: the global batch must split evenly, and a resumed
+        checkpoint must have been saved by as many (its RNG and data positions are per process)."""
+        distributed.per_rank_batches(self.per_device_train_batch_size, self.gradient_accumulation_steps, world)
+        require(world == 1 or self.use_cpu, f"--use_cpu false: on {world} processes each would train its own model "
+                "(transformers runs CPU data-parallel training only with --use_cpu true); drop it")
+        if self.resume_from_checkpoint:
+            saved = saved_world_size(self.resume_from_checkpoint)
+            require(
+                saved == world,
+                f"{self.resume_from_checkpoint} was saved by a job of {saved} process{'es' if saved > 1 else ''}; "
+                f"resume it with {saved} (--nnodes x --nproc_per_node), or delete {self.checkpoint_dir} to start over "
+                f"on {world}",
+            )
+
     def trainer_arguments(self) -> "JobConfig":
         """A copy for the Trainer, whose output_dir is where it saves checkpoints: <output_dir>/checkpoints, apart
         from model/ and metrics.json (unchanged without checkpoints: the Trainer would create an empty folder). Its
@@ -261,6 +303,17 @@ class JobConfig(TrainingArguments):
         if self.saves_checkpoints:
             args.output_dir = str(self.checkpoint_dir)
         args.log_level = "passive"
+        world = args.world_size
+        if world > 1:  # the same global batch, split over the processes (distributed.per_rank_batches)
+            args.per_device_train_batch_size, args.gradient_accumulation_steps = distributed.per_rank_batches(
+                self.per_device_train_batch_size, self.gradient_accumulation_steps, world
+            )
+            # Every trainable parameter gets a gradient each step; True would make DDP walk the graph each step
+            # (and with PEFT + checkpointing fail, peft#313).
+            if args.ddp_find_unused_parameters is None:
+                args.ddp_find_unused_parameters = False
+        if not distributed.is_main_process():
+            args.disable_tqdm = True  # one progress bar, rank 0's
         return args
 
     def fingerprint(self) -> dict[str, Any]:
@@ -359,7 +412,10 @@ class FinetuneConfig(JobConfig):
     )
     per_device_train_batch_size: int = field(
         default=64,
-        metadata={"help": "Examples per optimizer step. Larger batches amortise the per-step optimizer cost on CPU."},
+        metadata={
+            "help": "Examples per optimizer step (x --gradient_accumulation_steps: the global batch, the same on any "
+            "number of processes). Larger batches amortise the per-step optimizer cost on CPU."
+        },
     )
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Examples per evaluation forward pass."})
     num_train_epochs: float = field(
@@ -448,6 +504,7 @@ def build_parser(
         metavar="FILE",
         help="JSON or YAML file of flag values (names without --); command-line flags override it.",
     )
+    distributed.add_launch_arguments(parser)  # read by distributed.parse_launch; the job ignores them
     return parser
 
 
@@ -471,6 +528,8 @@ def parse_config(argv: Sequence[str] | None = None, parser: HfArgumentParser | N
 
     values = vars(parser.parse_args(argv))
     values.pop("config")
+    for name in distributed.LAUNCH_FLAGS:
+        values.pop(name)
     try:
         return config_class(**values)
     except ValueError as e:  # TrainingArguments' own checks, e.g. an inconsistent strategy combination

@@ -9,7 +9,12 @@ import unittest
 
 from src.common import allocator
 
-ENTRY_POINTS = ("src.training.train_model", "src.training.bench_training", "src.training.bench_causal_lm")
+ENTRY_POINTS = (
+    "src.training.train_model",
+    "src.training.bench_training",
+    "src.training.bench_causal_lm",
+    "src.training.bench_distributed",
+)
 
 
 class EntryPointsTest(unittest.TestCase):

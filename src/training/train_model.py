@@ -11,7 +11,12 @@ Console: a few log lines (--log_level), one progress bar per phase (evaluate bef
 them, with --disable_tqdm, the training loss as log lines), then the summary table on stdout. The full log, library
 records and per-step losses included, goes to <output_dir>/train.log.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 3 the --expect_min_accuracy quality gate failed.
+Distributed: --nproc_per_node N (and --nnodes, --node_rank, --master_addr on several machines) trains data-parallel
+with PyTorch's torchrun and gloo (src/common/distributed.py): the same global batch, so the same model, on any
+number of processes; rank 0 alone writes the outputs and prints the summary.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 3 the --expect_min_accuracy quality gate failed, 1 a process
+of a distributed job died, 4 a process lost the others.
 """
 
 from src.common.allocator import allocator_in_use, restart_with_fast_allocator
@@ -19,6 +24,7 @@ from src.common.allocator import allocator_in_use, restart_with_fast_allocator
 if __name__ == "__main__":  # before the heavy imports below: the process it replaces should not pay for them
     restart_with_fast_allocator()
 
+import contextlib
 import logging
 import platform
 import shlex
@@ -36,6 +42,7 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from src.common import distributed
 from src.common.checkpoints import ResumableTrainer, checkpoint_step, latest_complete_checkpoint
 from src.common.cpu import (
     autocast,
@@ -138,6 +145,15 @@ def trainer_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     return {name: metrics[name] for name in METRIC_NAMES}
 
 
+def classification_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy summed over the micro-batch and divided by the examples of the whole optimizer step (all
+    micro-batches, all processes: the Trainer's num_items_in_batch), so a step's loss is the mean over its global
+    batch however it is split: 1 process x 64, 2 x 32, or micro-batches of unequal size."""
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    total = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+
 def history_metrics(evaluation: Evaluation) -> dict[str, float]:
     """One of our evaluations under the names the Trainer's have in eval_history.json."""
     scores = {name: evaluation.metrics[name] for name in METRIC_NAMES}
@@ -196,6 +212,11 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
     # --- 1. Setup ---
     source = resolve_model_source(config.model)
     threads = configure_threads()
+    world = distributed.join_world(config.data_parallel_world_size, config.ddp_timeout) if distributed.in_rank() else None
+    config.check_world(world.size if world else 1)
+    if world:
+        logger.info("distributed: %s", world.describe())
+    main_process = distributed.is_main_process()  # the only one that writes outputs
     # Data first: a source that is missing (e.g. a Hub dataset offline) fails before any model is loaded.
     raw = load_data(
         config.data,
@@ -217,7 +238,7 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
     eval_batch = config.per_device_eval_batch_size
     before = evaluate(model, eval_set, collator, eval_batch, precision, config.progress("evaluate before"))
     logger.info("before fine-tuning: accuracy %.4f, f1 %.4f", before.metrics["accuracy"], before.metrics["f1"])
-    history = EvalHistory(output_dir / EVAL_HISTORY_FILE)  # every evaluation, rewritten after each one
+    history = EvalHistory(output_dir / EVAL_HISTORY_FILE, write=main_process)  # rewritten after each evaluation
     resumed_step = 0
     if config.resume_from_checkpoint:  # keep what the interrupted run evaluated up to its checkpoint
         resumed_step = checkpoint_step(config.resume_from_checkpoint)
@@ -234,6 +255,7 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
         eval_dataset=eval_set,
         processing_class=tokenizer,
         compute_metrics=trainer_metrics,
+        compute_loss_func=classification_loss,
         callbacks=[EvalHistoryCallback(history)],
     )
     report_progress(trainer)  # the training bar, the loss as log lines
@@ -241,6 +263,9 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = perf_counter() - train_start
     steps_this_run = trainer.state.global_step - resumed_step
+    parameters_digest = distributed.check_parameters_identical(model) if world else None
+    if world:
+        logger.info("trainable parameters identical on all %d processes (sha256 %s)", world.size, parameters_digest)
 
     # --- 4. Evaluate after ---
     after = evaluate(model, eval_set, collator, eval_batch, precision, config.progress("evaluate after"))
@@ -248,7 +273,9 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
     history.add("after", step=trainer.state.global_step, epoch=trainer.state.epoch, metrics=history_metrics(after))
     sample = predict(model, tokenizer, config.sample_text, precision, config.max_length)
 
-    # --- 5. Save ---
+    # --- 5. Save (rank 0 only) ---
+    if not main_process:
+        return {}
     save_start = perf_counter()
     model_dir = save_model(model, tokenizer, output_dir / MODEL_SUBDIR) if config.save_model else None
     save_seconds = perf_counter() - save_start
@@ -270,6 +297,7 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
         "precision": precision,
         "threads": threads,
         "allocator": allocator_in_use(),
+        "distributed": distributed.run_report(world, parameters_digest),
         "before": asdict(before),
         "after": asdict(after),
         "sample_prediction": sample,
@@ -319,6 +347,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"model      {report['model']}",
         f"data       {report['data']} ({examples['train']} train / {examples['validation']} validation)",
         f"precision  {report['precision']}, {report['threads']} threads, {report['allocator']} malloc",
+        *([f"distrib.   {distributed.describe_report(report['distributed'])}"]
+          if report["distributed"]["world_size"] > 1 else []),
         "",
         f"{'metric':<10}  {'before':>7}  {'after':>7}",
         *(f"{name:<10}  {before['metrics'][name]:>7.4f}  {after['metrics'][name]:>7.4f}" for name in METRIC_NAMES),
@@ -357,15 +387,36 @@ def split_task(argv: Sequence[str]) -> tuple[str, list[str]]:
     return known.task, rest
 
 
+def launch_distributed(argv: Sequence[str]) -> int | None:
+    """With the launcher flags (--nproc_per_node, --nnodes, --max_restarts) and not yet in a rank: check the job's
+    flags here (bad input: one line, before any process starts), then run this entry point on torchrun with the same
+    flags and return its exit code. None: train in this process."""
+    task, rest = split_task(argv)
+    launch = distributed.parse_launch(rest)
+    if not launch.wants_launch or distributed.in_rank():
+        return None
+    setup_logging()
+    config = parse_config(rest, parser=causal_lm.build_causal_lm_parser() if task == "causal-lm" else None)
+    config.check_world(launch.world_size)
+    setup_logging(config.console_log_level)
+    return distributed.launch(launch, "src.training.train_model", list(argv), timeout_s=config.ddp_timeout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    task, argv = split_task(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    launched = launch_distributed(argv)
+    if launched is not None:
+        return launched
+    task, argv = split_task(argv)
     if task == "causal-lm":
         return causal_lm.main(argv)
     setup_logging()  # before the flags are read: bad input is reported as one line
     config = parse_config(argv)
     setup_logging(config.console_log_level)
-    with RunLog(config.log_file, shlex.join(["train_model", *argv]), file_level(config.console_log_level)) as run_log:
+    with job_log(config, shlex.join(["train_model", *argv])) as run_log:
         report = run(config, run_log)
+    if not distributed.is_main_process():
+        return 0
     print(format_report(report))
     accuracy = report["after"]["metrics"]["accuracy"]
     if config.expect_min_accuracy is not None and accuracy < config.expect_min_accuracy:
@@ -375,6 +426,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_QUALITY_GATE
     return 0
+
+
+def job_log(config, command: str) -> contextlib.AbstractContextManager:
+    """<output_dir>/train.log, written by rank 0 alone (the others' warnings reach the console)."""
+    if not distributed.is_main_process():
+        return contextlib.nullcontext()
+    return RunLog(config.log_file, command, file_level(config.console_log_level))
 
 
 if __name__ == "__main__":
