@@ -388,6 +388,7 @@ def check_parameters_identical(model) -> str | None:
     dist.all_gather_object(digests, digest)
     if len(set(digests)) != 1:
         raise RuntimeError(f"trainable parameters differ between ranks after training: {digests}")
+    logger.info("trainable parameters identical on all %d processes (sha256 %s)", len(digests), digest)
     return digest
 
 

@@ -27,6 +27,8 @@ import datasets
 import transformers
 from tqdm.auto import tqdm
 
+from src.common import ranks
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%H:%M:%S"
 OWN_FORMAT = "%(asctime)s %(message)s"  # the console's format for this repo's records below WARNING
@@ -238,6 +240,15 @@ class RunLog:
                 "run ended by %s", type(exc).__name__, exc_info=(exc_type, exc, tb), extra={FILE_ONLY: True}
             )
         self.close()
+
+
+def main_process_run_log(path: str | os.PathLike, command: str, console_level: int
+                         ) -> "RunLog | contextlib.nullcontext[None]":
+    """The job's RunLog (at file_level(console_level)) in rank 0 or a single process; in the other ranks of a
+    distributed job nothing (their warnings reach the console): rank 0 alone writes train.log."""
+    if not ranks.is_main_process():
+        return contextlib.nullcontext()
+    return RunLog(path, command, file_level(console_level))
 
 
 class _HoldLoadReports(logging.Filter):

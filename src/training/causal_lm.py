@@ -15,7 +15,6 @@ summary table on stdout. The full log goes to <output_dir>/train.log.
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 the --expect_max_perplexity_ratio gate failed.
 """
 
-import contextlib
 import logging
 import math
 import platform
@@ -51,7 +50,13 @@ from src.common.instruction_data import (
     load_instruction_data,
     tokenize_records,
 )
-from src.common.logging_utils import RunLog, file_level, progress_bar, setup_logging, stray_progress_bars_hidden
+from src.common.logging_utils import (
+    RunLog,
+    main_process_run_log,
+    progress_bar,
+    setup_logging,
+    stray_progress_bars_hidden,
+)
 from src.common.models import load_causal_lm, load_tokenizer, local_model_dir, resolve_model_source
 from src.common.paths import atomic_dir, atomic_write_json
 from src.common.plots import plot_training_curves
@@ -280,9 +285,7 @@ def run(config: CausalLMConfig, run_log: RunLog | None = None) -> dict[str, Any]
     train_start = perf_counter()
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = perf_counter() - train_start
-    parameters_digest = distributed.check_parameters_identical(model) if world else None
-    if world:
-        logger.info("trainable parameters identical on all %d processes (sha256 %s)", world.size, parameters_digest)
+    parameters_digest = distributed.check_parameters_identical(model)
     epochs_run = trainer.state.epoch or 0.0
     tokens_trained = int(sum(train_set[LENGTH_COLUMN]) * epochs_run)  # padding excluded
 
@@ -402,9 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv, parser=build_causal_lm_parser())
     setup_logging(config.console_log_level)
     command = shlex.join(["train_model", "--task", "causal-lm", *argv])
-    log = RunLog(config.log_file, command, file_level(config.console_log_level)) if distributed.is_main_process() \
-        else contextlib.nullcontext()  # rank 0 alone writes train.log
-    with log as run_log:
+    with main_process_run_log(config.log_file, command, config.console_log_level) as run_log:
         report = run(config, run_log)
     if not distributed.is_main_process():
         return 0

@@ -24,7 +24,6 @@ from src.common.allocator import allocator_in_use, restart_with_fast_allocator
 if __name__ == "__main__":  # before the heavy imports below: the process it replaces should not pay for them
     restart_with_fast_allocator()
 
-import contextlib
 import logging
 import platform
 import shlex
@@ -62,9 +61,9 @@ from src.common.data import (
 from src.common.errors import CliArgumentParser, run_cli
 from src.common.logging_utils import (
     RunLog,
-    file_level,
     held_load_reports,
     load_report_rows,
+    main_process_run_log,
     pass_on,
     progress_bar,
     setup_logging,
@@ -263,9 +262,7 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     train_seconds = perf_counter() - train_start
     steps_this_run = trainer.state.global_step - resumed_step
-    parameters_digest = distributed.check_parameters_identical(model) if world else None
-    if world:
-        logger.info("trainable parameters identical on all %d processes (sha256 %s)", world.size, parameters_digest)
+    parameters_digest = distributed.check_parameters_identical(model)
 
     # --- 4. Evaluate after ---
     after = evaluate(model, eval_set, collator, eval_batch, precision, config.progress("evaluate after"))
@@ -413,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()  # before the flags are read: bad input is reported as one line
     config = parse_config(argv)
     setup_logging(config.console_log_level)
-    with job_log(config, shlex.join(["train_model", *argv])) as run_log:
+    with main_process_run_log(config.log_file, shlex.join(["train_model", *argv]), config.console_log_level) as run_log:
         report = run(config, run_log)
     if not distributed.is_main_process():
         return 0
@@ -426,13 +423,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_QUALITY_GATE
     return 0
-
-
-def job_log(config, command: str) -> contextlib.AbstractContextManager:
-    """<output_dir>/train.log, written by rank 0 alone (the others' warnings reach the console)."""
-    if not distributed.is_main_process():
-        return contextlib.nullcontext()
-    return RunLog(config.log_file, command, file_level(config.console_log_level))
 
 
 if __name__ == "__main__":
