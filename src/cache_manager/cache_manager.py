@@ -82,11 +82,15 @@ def timed(fn: Callable[[], Any]) -> float:
     return perf_counter() - start
 
 
-def load_classifier(spec: str) -> None:
-    """Resolve a model source and load its tokenizer and classifier, as the training job does."""
+def load_classifier(spec: str, new_head: bool = True) -> None:
+    """Resolve a model source and load its tokenizer and classifier: a base model under a new head for the shipped
+    sentiment classes, as the training job does; a fine-tuned one (new_head=False) with its own classes."""
     source = resolve_model_source(spec)
     load_tokenizer(source)
-    load_sequence_classifier(source, len(LABEL_NAMES), ID2LABEL, LABEL2ID)
+    if new_head:
+        load_sequence_classifier(source, len(LABEL_NAMES), ID2LABEL, LABEL2ID)
+    else:
+        load_sequence_classifier(source)
 
 
 def benchmark_base_model(spec: str) -> LoadTiming:
@@ -111,7 +115,7 @@ def benchmark_finetuned_model(config: FinetuneConfig, store: FinetunedModelStore
         return Path(report["model_dir"]), metadata
 
     def request() -> None:
-        load_classifier(str(store.get_or_create(key, fine_tune)))
+        load_classifier(str(store.get_or_create(key, fine_tune)), new_head=False)
 
     first_is_miss = store.get(key) is None
     first = timed(request)

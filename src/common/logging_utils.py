@@ -129,9 +129,9 @@ def log_warning(message, category, filename, lineno, file=None, line=None) -> No
 def setup_logging(level: str | int = "INFO") -> None:
     """Configure the root logger (again, if called again) and route library logs and Python warnings through it.
 
-    level: the console level of this repo's own records. transformers and huggingface_hub install their own stderr
-    handlers; we remove them and let their records propagate to the root logger, at INFO (for a RunLog file; the
-    console shows them from WARNING up). Library progress bars are turned off.
+    level: the console level of this repo's own records. transformers, huggingface_hub and datasets install their
+    own stderr handlers; we remove them and let their records propagate to the root logger, at INFO (for a RunLog
+    file; the console shows them from WARNING up). Library progress bars are turned off.
     """
     console = ConsoleHandler(sys.stderr)
     console.addFilter(ConsoleFilter(level_number(level)))
@@ -141,7 +141,8 @@ def setup_logging(level: str | int = "INFO") -> None:
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    logging.getLogger("huggingface_hub").handlers.clear()
+    for name in ("huggingface_hub", "datasets"):  # their own stderr handlers (datasets has no switch for its)
+        logging.getLogger(name).handlers.clear()
     transformers.utils.logging.set_verbosity(records)
     transformers.utils.logging.disable_default_handler()
     transformers.utils.logging.enable_propagation()

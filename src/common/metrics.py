@@ -26,30 +26,66 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def classification_metrics(preds: npt.ArrayLike, labels: npt.ArrayLike, num_labels: int = 2) -> dict:
-    """accuracy, precision, recall, f1 and confusion_matrix (list of lists, rows = true, cols = predicted).
+def classification_metrics(
+    preds: npt.ArrayLike, labels: npt.ArrayLike, num_labels: int = 2, label_names: Sequence[str] | None = None
+) -> dict:
+    """accuracy, precision, recall, f1; macro_* and weighted_* averages; per_class; confusion_matrix.
 
-    Binary tasks report precision/recall/F1 of the positive class (label 1); more labels report the macro
-    average over classes. A ratio with a zero denominator counts as 0.0.
+    precision/recall/f1: binary tasks score the positive class (label 1); more labels the macro average over classes
+    (an unweighted mean: every class counts alike). weighted_*: the mean weighted by each class's true count.
+    per_class: {name: {precision, recall, f1, support}} (names: label_names, else the ids). confusion_matrix: list of
+    lists, rows = true, columns = predicted. A ratio with a zero denominator counts as 0.0.
     """
     cm = confusion_matrix(preds, labels, num_labels)
     true_pos = np.diag(cm)
+    support = cm.sum(axis=1)
     per_class_precision = _safe_divide(true_pos, cm.sum(axis=0))  # over predicted counts
-    per_class_recall = _safe_divide(true_pos, cm.sum(axis=1))  # over true counts
+    per_class_recall = _safe_divide(true_pos, support)  # over true counts
     per_class_f1 = _safe_divide(
         2 * per_class_precision * per_class_recall, per_class_precision + per_class_recall
     )
+    weights = _safe_divide(support, np.full_like(support, support.sum()))
+    averages = {
+        f"{kind}_{name}": float(values.mean() if kind == "macro" else (values * weights).sum())
+        for kind in ("macro", "weighted")
+        for name, values in (("precision", per_class_precision), ("recall", per_class_recall), ("f1", per_class_f1))
+    }
     if num_labels == 2:
         precision, recall, f1 = per_class_precision[1], per_class_recall[1], per_class_f1[1]
     else:
-        precision, recall, f1 = per_class_precision.mean(), per_class_recall.mean(), per_class_f1.mean()
+        precision, recall, f1 = averages["macro_precision"], averages["macro_recall"], averages["macro_f1"]
+    names = list(label_names) if label_names is not None else [str(i) for i in range(num_labels)]
+    if len(names) != num_labels:
+        raise ValueError(f"{len(names)} label names for {num_labels} labels")
     return {
         "accuracy": float(_safe_divide(true_pos.sum(), cm.sum())),
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
+        **averages,
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for name, p, r, f, n in zip(names, per_class_precision, per_class_recall, per_class_f1, support, strict=True)
+        },
         "confusion_matrix": cm.tolist(),
     }
+
+
+def summary_metric_names(num_labels: int) -> tuple[str, ...]:
+    """The rows of a summary table: the positive class's scores for two classes, macro averages for more."""
+    if num_labels == 2:
+        return ("accuracy", "precision", "recall", "f1", "macro_f1")
+    return ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1")
+
+
+def format_per_class(per_class: dict[str, dict[str, float]]) -> str:
+    """A table of each class's precision, recall, F1 and support (true count)."""
+    header = ["class", "precision", "recall", "f1", "support"]
+    rows = [[name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"])]
+            for name, m in per_class.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+                     for r in [header, *rows])
 
 
 def format_confusion_matrix(cm: Sequence[Sequence[int]], label_names: Sequence[str]) -> str:
@@ -58,3 +94,11 @@ def format_confusion_matrix(cm: Sequence[Sequence[int]], label_names: Sequence[s
     rows = [[name, *(str(int(n)) for n in row)] for name, row in zip(label_names, cm, strict=True)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header, *rows])
+
+
+def quality_gate_failure(metrics: dict, min_accuracy: float | None, min_macro_f1: float | None) -> str | None:
+    """Why `metrics` fail the gates (--expect_min_accuracy, --expect_min_macro_f1), as one line; None if they pass."""
+    for name, minimum in (("accuracy", min_accuracy), ("macro_f1", min_macro_f1)):
+        if minimum is not None and metrics[name] < minimum:
+            return f"validation {name.replace('_', ' ')} {metrics[name]:.4f} is below --expect_min_{name} {minimum}"
+    return None

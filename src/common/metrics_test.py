@@ -1,6 +1,12 @@
 import unittest
 
-from src.common.metrics import classification_metrics, confusion_matrix, format_confusion_matrix
+from src.common.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    format_confusion_matrix,
+    format_per_class,
+    summary_metric_names,
+)
 
 
 class ConfusionMatrixTest(unittest.TestCase):
@@ -42,6 +48,26 @@ class ClassificationMetricsTest(unittest.TestCase):
         self.assertAlmostEqual(m["recall"], (1 + 1 + 0.5) / 3)
         self.assertAlmostEqual(m["f1"], (1 + 2 / 3 + 2 / 3) / 3)
         self.assertAlmostEqual(m["accuracy"], 0.75)
+
+    def test_per_class_macro_and_weighted_averages_with_names(self):
+        labels = [0, 0, 0, 0, 1, 2]  # supports 4, 1, 1
+        preds = [0, 0, 1, 2, 1, 1]
+        m = classification_metrics(preds, labels, num_labels=3, label_names=["billing", "shipping", "returns"])
+        self.assertEqual(list(m["per_class"]), ["billing", "shipping", "returns"])
+        billing, shipping, returns = m["per_class"].values()
+        self.assertEqual((billing["precision"], billing["recall"], billing["support"]), (1.0, 0.5, 4))
+        self.assertAlmostEqual(shipping["precision"], 1 / 3)
+        self.assertEqual((shipping["recall"], returns["f1"], returns["support"]), (1.0, 0.0, 1))
+        f1s = [2 / 3, 0.5, 0.0]
+        self.assertAlmostEqual(m["macro_f1"], sum(f1s) / 3)
+        self.assertAlmostEqual(m["f1"], m["macro_f1"])  # more than two classes: the headline F1 is the macro one
+        self.assertAlmostEqual(m["weighted_f1"], (4 * f1s[0] + f1s[1] + f1s[2]) / 6)
+        self.assertAlmostEqual(m["weighted_recall"], m["accuracy"])  # support-weighted recall is accuracy
+        self.assertEqual(summary_metric_names(3)[-2:], ("macro_f1", "weighted_f1"))
+        table = format_per_class(m["per_class"]).splitlines()
+        self.assertEqual(table[1].split(), ["billing", "1.0000", "0.5000", "0.6667", "4"])
+        with self.assertRaises(ValueError):
+            classification_metrics(preds, labels, num_labels=3, label_names=["a", "b"])
 
     def test_zero_division_gives_zero(self):
         # Never predicts the positive class: precision has a 0 denominator; so do recall and F1 here.

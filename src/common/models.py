@@ -175,25 +175,26 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
 
 def load_sequence_classifier(
     source: str,
-    num_labels: int,
-    id2label: dict[int, str],
-    label2id: dict[str, int],
+    num_labels: int | None = None,
+    id2label: dict[int, str] | None = None,
+    label2id: dict[str, int] | None = None,
     *,
     dropout: float | None = None,
     attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """A sequence-classification model in fp32 (the classifier head is newly initialised for a base model).
 
+    num_labels, id2label, label2id: the classes of a new head; None keeps a fine-tuned model's own.
+
     dropout: the probability of every dropout layer in training (hidden states, attention probabilities, the
     classifier head); None keeps the model's own. The saved config keeps the model's own values.
     attn_implementation: transformers' attention kernel (eager, sdpa); None lets transformers choose (sdpa).
     """
     try:
+        classes = {"num_labels": num_labels, "id2label": id2label, "label2id": label2id}
         model = AutoModelForSequenceClassification.from_pretrained(
             source,
-            num_labels=num_labels,
-            id2label=id2label,
-            label2id=label2id,
+            **{name: value for name, value in classes.items() if value is not None},
             dtype=torch.float32,
             attn_implementation=attn_implementation,
         )

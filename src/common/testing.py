@@ -55,6 +55,17 @@ def make_tiny_bert(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
+def make_tiny_base_bert(path: str | Path) -> Path:
+    """A tiny BertModel without a classification head, as a pretrained base model is: loading it as a classifier
+    initialises a new head of any number of classes (transformers' LOAD REPORT lists it as missing)."""
+    path = Path(path)
+    full = make_tiny_bert(path.with_name(path.name + "-full"))
+    BertForSequenceClassification.from_pretrained(full).bert.save_pretrained(path)
+    for name in TOKENIZER_FILES:
+        shutil.copy(full / name, path / name)
+    return path
+
+
 def synthetic_sentiment_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
     """`n` easy, balanced (text, label) rows: the label is given away by the adjectives."""
     rng = random.Random(seed)

@@ -125,6 +125,42 @@ class BadFilesTest(BadInputCase):
         self.assert_one_line_exit_2(["--task", "causal-lm", "--model", str(broken)], "truncated or corrupt")
 
 
+class BadLabelledDataTest(BadInputCase):
+    """Classification data in the formats people have, each malformed the way they are."""
+
+    def folder(self, name: str, train: str, validation: str = "text,label\nfine,pos\nbad,neg\n") -> Path:
+        folder = self.dir / name
+        folder.mkdir(exist_ok=True)
+        (folder / "train.csv").write_text(train)
+        (folder / "validation.csv").write_text(validation)
+        return folder
+
+    def test_mixed_label_types(self):
+        data = self.folder("mixed", "text,label\ngreat,1\nawful,neg\n")
+        self.assert_one_line_exit_2(["--model", str(self.tiny_bert), "--data", str(data)], "train.csv",
+                                    "mix integers")
+
+    def test_unclosed_quote_and_long_rows(self):
+        data = self.folder("quote", 'text,label\n"great,pos\nawful,neg\n')
+        self.assert_one_line_exit_2(["--model", str(self.tiny_bert), "--data", str(data)], "train.csv",
+                                    "cannot read it as CSV")
+        data = self.folder("long", "text,label\ngreat,pos,extra\nawful,neg,extra\n")
+        self.assert_one_line_exit_2(["--model", str(self.tiny_bert), "--data", str(data)], "train.csv",
+                                    "more fields than the header")
+
+    def test_unknown_column_and_empty_text(self):
+        data = self.folder("cols", "text,label\ngreat,pos\n,neg\n")
+        self.assert_one_line_exit_2(["--model", str(self.tiny_bert), "--data", str(data), "--label_column", "y"],
+                                    "no column 'y' (--label_column)", "text, label")
+        self.assert_one_line_exit_2(["--model", str(self.tiny_bert), "--data", str(data)], "train.csv: row 2",
+                                    "empty 'text'")
+
+    def test_validation_label_outside_class_names(self):
+        data = self.folder("names", "text,label\ngreat,pos\nawful,neg\n", "text,label\nmeh,neutral\n")
+        self.assert_one_line_exit_2(["--model", str(self.tiny_bert), "--data", str(data), "--class_names", "neg,pos"],
+                                    "validation.csv", "'neutral' not among --label_names")
+
+
 class UnreachableHubTest(BadInputCase):
     """HF_HUB_OFFLINE unset (the libraries' constants patched, as they read the variable at import), the Hub's
     endpoint pointed at a loopback address that does not serve it."""

@@ -256,7 +256,7 @@ def build_classification(spec: dict[str, Any]) -> Workload:
         source, num_labels=len(LABEL_NAMES), id2label=ID2LABEL, label2id=LABEL2ID, dropout=0.0,
         attn_implementation="eager",
     )  # fmt: skip
-    train = tokenize(load_data(DEFAULT_DATA), tokenizer, spec["max_length"])["train"]
+    train = tokenize(load_data(DEFAULT_DATA).splits, tokenizer, spec["max_length"])["train"]
     rows = [train[i] for i in torch.randperm(len(train), generator=torch.Generator().manual_seed(DATA_SEED)).tolist()]
     collator = PaddingCollator(tokenizer)
     global_batch = spec["global_batch"]

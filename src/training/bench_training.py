@@ -45,14 +45,15 @@ from transformers import (
 )
 
 from src.common.cpu import configure_threads, cpu_flags, supports_bf16
-from src.common.data import PaddingCollator, load_data, tokenize
+from src.common.classify import evaluate
+from src.common.data import LabelledData, PaddingCollator, load_data, tokenize
 from src.common.errors import CliArgumentParser, UserError, run_cli
 from src.common.logging_utils import setup_logging
 from src.common.models import dropout_layers, load_tokenizer, resolve_model_source
 from src.common.paths import atomic_write_json, default_output_dir
 from src.common.roofline import matmul_roof
 from src.training.config import FinetuneConfig, parse_config
-from src.training.train_model import evaluate, load_classifier
+from src.training.train_model import load_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -152,21 +153,22 @@ def training_flops(model: torch.nn.Module, batches: Sequence[tuple[int, int, int
     return total
 
 
-def load_model(config: FinetuneConfig) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """The tokenizer and a freshly seeded sequence classifier, as train_model sets them up."""
+def load_model(config: FinetuneConfig, data: LabelledData) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The tokenizer and a freshly seeded sequence classifier for the data's classes, as train_model sets them up."""
     source = resolve_model_source(config.model)
-    return load_tokenizer(source), load_classifier(config, source)
+    return load_tokenizer(source), load_classifier(config, source, data)
 
 
 def run_recipe(name: str, config: FinetuneConfig, steps: int, warmup: int, pad_to: int | None) -> RecipeResult:
     """Train `steps` optimizer steps with the Trainer as `config` says; time the steps after `warmup`."""
-    tokenizer, model = load_model(config)
     # Batches come from the whole training set the full run uses: the length-grouped sampler sorts mega-batches of
     # 50 batches, so a sample of only `steps` batches would pad more than a real run does.
     data = load_data(
-        config.data, train_fraction=config.train_fraction, max_train_samples=config.max_train_samples, seed=config.seed
+        config.data, columns=config.columns, label_names=config.class_name_list, train_fraction=config.train_fraction,
+        max_train_samples=config.max_train_samples, seed=config.seed,
     )
-    train_set = tokenize(data, tokenizer, config.max_length)["train"]
+    tokenizer, model = load_model(config, data)
+    train_set = tokenize(data.splits, tokenizer, config.max_length)["train"]
     if pad_to is None:
         collator = PaddingCollator(tokenizer)  # dynamic: each batch padded to its longest example
     else:
@@ -235,9 +237,10 @@ class StopAtAccuracy(TrainerCallback):
 
 
 def time_to_accuracy(config: FinetuneConfig, target: float, every: int) -> dict[str, Any]:
-    tokenizer, model = load_model(config)
-    data = load_data(config.data, train_fraction=config.train_fraction, seed=config.seed)
-    encoded = tokenize(data, tokenizer, config.max_length)
+    data = load_data(config.data, columns=config.columns, label_names=config.class_name_list,
+                     train_fraction=config.train_fraction, seed=config.seed)
+    tokenizer, model = load_model(config, data)
+    encoded = tokenize(data.splits, tokenizer, config.max_length)
     collator = PaddingCollator(tokenizer)
     config.eval_strategy = "no"
     config.save_strategy = "no"

@@ -25,7 +25,7 @@ from transformers.training_args import OptimizerNames, trainer_log_levels
 from src.common import distributed
 from src.common.checkpoints import latest_complete_checkpoint, list_checkpoints, saved_world_size
 from src.common.cpu import cpu_flags, resolve_precision
-from src.common.data import DEFAULT_DATA, find_local_files
+from src.common.data import DEFAULT_DATA, Columns, find_local_files, require_train_files
 from src.common.errors import CliArgumentParser, UserError
 from src.common.models import DEFAULT_MODEL, resolve_model_source
 from src.common.paths import default_output_dir, read_user_text, resolve_user_path
@@ -338,6 +338,10 @@ class FinetuneConfig(JobConfig):
         "max_train_samples",
         "train_fraction",
         "dropout",
+        "text_column",
+        "text_pair_column",
+        "label_column",
+        "class_names",
     )
 
     # --- What to train, on what ---
@@ -351,9 +355,30 @@ class FinetuneConfig(JobConfig):
     data: str = field(
         default=DEFAULT_DATA,
         metadata={
-            "help": "Data: builtin:sentiment_small (shipped), a folder with train.tsv + dev.tsv (SST-2 format) or "
-            "train.jsonl + test.jsonl (text, label), or a Hub dataset id such as glue/sst2 (needs network or cache)."
+            "help": "Data: builtin:sentiment_small (shipped; also builtin:support_tickets_small, 5 classes, and "
+            "builtin:paraphrase_small, sentence pairs), a folder with train + validation (or dev, or test) files in "
+            "one format (.csv, .tsv, .json, .jsonl, .parquet), or a Hub dataset id such as glue/sst2 (network or cache)."
         },
+    )
+    text_column: str | None = field(
+        default=None,
+        metadata={"help": "Column of the text; default: the first of text, sentence, content, review (or a pair's "
+                  "first column: sentence1, question1, premise, question)."},
+    )
+    text_pair_column: str | None = field(
+        default=None,
+        metadata={"help": "Column of a sentence-pair task's second text (tokenized as a pair with the first); default: "
+                  "sentence2, question2, hypothesis or sentence next to its partner, else none (one text)."},
+    )
+    label_column: str | None = field(
+        default=None,
+        metadata={"help": "Column of the class: integers (ids) or names (strings); default: label or labels."},
+    )
+    class_names: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated class names: of integer labels in id order (e.g. negative,positive), or "
+                  "the order of string labels; default: the dataset card's or Hub features' names, else the ids, "
+                  "or the sorted string labels."},
     )
     max_length: int = field(
         default=128,
@@ -398,6 +423,11 @@ class FinetuneConfig(JobConfig):
         default=None,
         metadata={"help": "Quality gate: exit with code 3 if the final validation accuracy (0-1) is below this."},
     )
+    expect_min_macro_f1: float | None = field(
+        default=None,
+        metadata={"help": "Quality gate: exit with code 3 if the final validation macro F1 (0-1, every class counts "
+                  "alike: the gate for imbalanced or many-class data) is below this."},
+    )
     save_model: bool = field(
         default=True,
         metadata={"help": "Save the fine-tuned model and tokenizer to <output_dir>/model."},
@@ -433,11 +463,24 @@ class FinetuneConfig(JobConfig):
         require(fraction is None or 0 < fraction <= 1, f"--train_fraction must be in (0, 1], got {fraction}")
         dropout = self.dropout
         require(dropout is None or 0 <= dropout < 1, f"--dropout must be in [0, 1), got {dropout}; e.g. --dropout 0.1")
-        gate = self.expect_min_accuracy
-        require(gate is None or 0 <= gate <= 1, f"--expect_min_accuracy must be in [0, 1], got {gate}")
+        for name in ("expect_min_accuracy", "expect_min_macro_f1"):
+            gate = getattr(self, name)
+            require(gate is None or 0 <= gate <= 1, f"--{name} must be in [0, 1], got {gate}")
         require(bool(self.sample_text.strip()), "--sample_text must not be empty")
-        find_local_files(self.data)  # a missing folder or one without the expected files
+        names = self.class_name_list
+        require(names is None or (len(names) >= 2 and all(names) and len(set(names)) == len(names)),
+                f"--class_names must name two or more distinct classes, comma-separated; got {self.class_names!r}")
+        require_train_files(find_local_files(self.data))  # a missing folder or one without the expected files
         resolve_model_source(self.model)  # an unknown builtin, a missing directory, an uncached Hub id offline
+
+
+    @property
+    def columns(self) -> Columns:
+        return Columns(self.text_column, self.text_pair_column, self.label_column)
+
+    @property
+    def class_name_list(self) -> list[str] | None:
+        return [name.strip() for name in self.class_names.split(",")] if self.class_names else None
 
 
 def require(ok: bool, message: str) -> None:

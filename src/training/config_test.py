@@ -140,7 +140,12 @@ class ValidationTest(ConfigTestCase):
     def test_missing_data_folder_and_model_dir(self):
         self.assertUserError(["--data", str(self.dir / "missing")], str(self.dir / "missing"), "does not exist")
         (self.dir / "empty").mkdir()
-        self.assertUserError(["--data", str(self.dir / "empty")], "train.tsv")
+        self.assertUserError(["--data", str(self.dir / "empty")], "no split files", "train.csv")
+        (self.dir / "empty" / "train.jsonl").write_text('{"text": "a", "label": 1}\n')
+        self.assertUserError(["--data", str(self.dir / "empty")], "training needs", "validation")
+        self.assertUserError(["--class_names", "a"], "two or more distinct classes")
+        self.assertUserError(["--class_names", "a,a"], "two or more distinct classes")
+        self.assertUserError(["--expect_min_macro_f1", "2"], "--expect_min_macro_f1 must be in [0, 1]")
         self.assertUserError(["--model", str(self.dir / "missing")], "existing directory")
         self.assertUserError(["--model", "builtin:nope"], "builtin:all-MiniLM-L6-v2")
 

@@ -14,6 +14,8 @@ ENTRY_POINTS = (
     "src.training.bench_training",
     "src.training.bench_causal_lm",
     "src.training.bench_distributed",
+    "src.training.evaluate",
+    "src.training.predict",
 )
 
 

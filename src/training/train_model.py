@@ -28,36 +28,31 @@ import logging
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 import transformers
-from torch.utils.data import DataLoader
 from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from src.common import distributed
 from src.common.checkpoints import ResumableTrainer, checkpoint_step, latest_complete_checkpoint
 from src.common.cpu import (
-    autocast,
     configure_threads,
     peak_rss_mib,
 )
-from src.common.data import (
-    ID2LABEL,
-    LABEL2ID,
-    LABEL_COLUMN,
-    LABEL_NAMES,
-    LENGTH_COLUMN,
-    PaddingCollator,
-    load_data,
-    tokenize,
+from src.common.classify import (
+    MODEL_SUBDIR,
+    Evaluation,
+    evaluate,
+    predict_one,
+    quality_gate_exit_code,
 )
+from src.common.data import LabelledData, PaddingCollator, load_data, tokenize
 from src.common.errors import CliArgumentParser, run_cli
 from src.common.logging_utils import (
     RunLog,
@@ -65,10 +60,14 @@ from src.common.logging_utils import (
     load_report_rows,
     main_process_run_log,
     pass_on,
-    progress_bar,
     setup_logging,
 )
-from src.common.metrics import classification_metrics, format_confusion_matrix
+from src.common.metrics import (
+    classification_metrics,
+    format_confusion_matrix,
+    format_per_class,
+    summary_metric_names,
+)
 from src.common.models import load_sequence_classifier, load_tokenizer, resolve_model_source
 from src.common.paths import atomic_dir, atomic_write_json
 from src.common.plots import plot_training_curves
@@ -78,70 +77,21 @@ from src.training.config import FinetuneConfig, parse_config
 
 logger = logging.getLogger(__name__)
 
-EXIT_QUALITY_GATE = 3
-MODEL_SUBDIR = "model"  # <output_dir>/model: fine-tuned weights + tokenizer, loadable with from_pretrained
+# <output_dir>/model (classify.MODEL_SUBDIR): fine-tuned weights + tokenizer, loadable with from_pretrained
 METRICS_FILE = "metrics.json"  # <output_dir>/metrics.json: everything the summary table shows, and more
 EVAL_HISTORY_FILE = "eval_history.json"  # <output_dir>/eval_history.json: every evaluation, with step and epoch
 PLOT_FILE = "training_curves.png"  # <output_dir>/training_curves.png: training loss and validation accuracy
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "macro_f1")  # the Trainer's evaluation logs
 
 
-@dataclass
-class Evaluation:
-    metrics: dict[str, Any]  # accuracy, precision, recall, f1, confusion_matrix (see common.metrics)
-    loss: float  # mean cross-entropy per example
-    seconds: float
-    examples: int
-
-
-@torch.inference_mode()
-def evaluate(
-    model: PreTrainedModel,
-    dataset: datasets.Dataset,
-    collator: PaddingCollator,
-    batch_size: int,
-    precision: str,
-    progress: str | None = None,
-) -> Evaluation:
-    """Classify a tokenized split in length-sorted batches (least padding) and score the predictions.
-
-    progress: the name of a progress bar to show (examples/s, ETA); None: none.
-    """
-    start = perf_counter()
-    order = np.argsort(np.asarray(dataset[LENGTH_COLUMN]), kind="stable")
-    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collator)
-    preds = np.empty(len(dataset), dtype=np.int64)
-    total_loss = 0.0
-    model.eval()
-    with autocast(precision), progress_bar(progress, len(dataset), "examples") as bar:
-        for indices, batch in zip(batches, loader, strict=True):
-            output = model(**batch)
-            preds[indices] = output.logits.argmax(dim=-1).numpy()
-            total_loss += output.loss.float().item() * len(indices)
-            bar.update(len(indices))
-    metrics = classification_metrics(preds, np.asarray(dataset[LABEL_COLUMN]), num_labels=len(LABEL_NAMES))
-    return Evaluation(metrics, total_loss / len(dataset), perf_counter() - start, len(dataset))
-
-
-@torch.inference_mode()
-def predict(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, precision: str, max_length: int
-) -> dict[str, Any]:
-    """The predicted label name of one text, with its probability."""
-    model.eval()
-    inputs = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
-    with autocast(precision):
-        logits = model(**inputs).logits
-    probs = logits.float().softmax(dim=-1)[0]
-    label_id = int(probs.argmax())
-    return {"text": text, "label": model.config.id2label[label_id], "probability": float(probs[label_id])}
-
-
-def trainer_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+def trainer_metrics(num_labels: int) -> Callable[[EvalPrediction], dict[str, float]]:
     """Scalar metrics for the Trainer's per-epoch evaluation logs."""
-    metrics = classification_metrics(eval_pred.predictions.argmax(axis=-1), eval_pred.label_ids, len(LABEL_NAMES))
-    return {name: metrics[name] for name in METRIC_NAMES}
+
+    def compute(eval_pred: EvalPrediction) -> dict[str, float]:
+        metrics = classification_metrics(eval_pred.predictions.argmax(axis=-1), eval_pred.label_ids, num_labels)
+        return {name: metrics[name] for name in METRIC_NAMES}
+
+    return compute
 
 
 def classification_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
@@ -151,6 +101,24 @@ def classification_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) 
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
     total = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
     return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+
+def sample_prediction(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: FinetuneConfig, data: LabelledData
+) -> dict[str, Any]:
+    """--sample_text classified; for sentence pairs, the first validation pair (a single text means nothing)."""
+    if data.pair:
+        first = data["validation"][0]
+        return predict_one(model, tokenizer, first["text"], config.resolved_precision, config.max_length,
+                           text_pair=first["text_pair"])
+    return predict_one(model, tokenizer, config.sample_text, config.resolved_precision, config.max_length)
+
+
+def headline(evaluation: Evaluation) -> str:
+    """accuracy and F1 (macro F1 too with more than two classes) as a log line's text."""
+    metrics = evaluation.metrics
+    macro = f", macro f1 {metrics['macro_f1']:.4f}" if len(evaluation.label_names) > 2 else ""
+    return f"accuracy {metrics['accuracy']:.4f}, f1 {metrics['f1']:.4f}{macro}"
 
 
 def history_metrics(evaluation: Evaluation) -> dict[str, float]:
@@ -167,15 +135,16 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     return path
 
 
-def load_classifier(config: FinetuneConfig, source: str) -> PreTrainedModel:
-    """The classifier as the job trains it: its new head seeded by --seed, with --dropout and --attn_implementation."""
+def load_classifier(config: FinetuneConfig, source: str, data: LabelledData) -> PreTrainedModel:
+    """The classifier as the job trains it: a new head for the data's classes (named in its config's id2label),
+    seeded by --seed, with --dropout and --attn_implementation."""
     set_seed(config.seed)  # before the model load: the new classifier head is randomly initialised
     with held_load_reports() as reports:
         model = load_sequence_classifier(
             source,
-            num_labels=len(LABEL_NAMES),
-            id2label=ID2LABEL,
-            label2id=LABEL2ID,
+            num_labels=len(data.label_names),
+            id2label=data.id2label,
+            label2id=data.label2id,
             dropout=config.dropout,
             attn_implementation=config.attn_implementation,
         )
@@ -219,6 +188,8 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
     # Data first: a source that is missing (e.g. a Hub dataset offline) fails before any model is loaded.
     raw = load_data(
         config.data,
+        columns=config.columns,
+        label_names=config.class_name_list,
         max_train_samples=config.max_train_samples,
         max_eval_samples=config.max_eval_samples,
         train_fraction=config.train_fraction,
@@ -226,8 +197,9 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
     )
     logger.info("model %s (%s), data %s, %s, %d threads", config.model, source, config.data, precision, threads)
     tokenizer = load_tokenizer(source)
-    model = load_classifier(config, source)
-    encoded = tokenize(raw, tokenizer, config.max_length)
+    model = load_classifier(config, source, raw)
+    model.config.cpu_finetune_sentence_pairs = raw.pair  # saved in config.json: evaluate/predict check their input
+    encoded = tokenize(raw.splits, tokenizer, config.max_length)
     train_set, eval_set = encoded["train"], encoded["validation"]
     collator = PaddingCollator(tokenizer)
     log_path = run_log.open() if run_log else None
@@ -236,7 +208,7 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
     # --- 2. Evaluate before ---
     eval_batch = config.per_device_eval_batch_size
     before = evaluate(model, eval_set, collator, eval_batch, precision, config.progress("evaluate before"))
-    logger.info("before fine-tuning: accuracy %.4f, f1 %.4f", before.metrics["accuracy"], before.metrics["f1"])
+    logger.info("before fine-tuning: %s", headline(before))
     history = EvalHistory(output_dir / EVAL_HISTORY_FILE, write=main_process)  # rewritten after each evaluation
     resumed_step = 0
     if config.resume_from_checkpoint:  # keep what the interrupted run evaluated up to its checkpoint
@@ -253,7 +225,7 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        compute_metrics=trainer_metrics,
+        compute_metrics=trainer_metrics(len(raw.label_names)),
         compute_loss_func=classification_loss,
         callbacks=[EvalHistoryCallback(history)],
     )
@@ -266,9 +238,9 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
 
     # --- 4. Evaluate after ---
     after = evaluate(model, eval_set, collator, eval_batch, precision, config.progress("evaluate after"))
-    logger.info("after fine-tuning: accuracy %.4f, f1 %.4f", after.metrics["accuracy"], after.metrics["f1"])
+    logger.info("after fine-tuning: %s", headline(after))
     history.add("after", step=trainer.state.global_step, epoch=trainer.state.epoch, metrics=history_metrics(after))
-    sample = predict(model, tokenizer, config.sample_text, precision, config.max_length)
+    sample = sample_prediction(model, tokenizer, config, raw)
 
     # --- 5. Save (rank 0 only) ---
     if not main_process:
@@ -291,6 +263,8 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
         "model_source": source,
         "data": config.data,
         "examples": {"train": len(train_set), "validation": len(eval_set)},
+        "classes": list(raw.label_names),
+        "sentence_pairs": raw.pair,
         "precision": precision,
         "threads": threads,
         "allocator": allocator_in_use(),
@@ -339,24 +313,29 @@ def run(config: FinetuneConfig, run_log: RunLog | None = None) -> dict[str, Any]
 def format_report(report: dict[str, Any]) -> str:
     """The final summary table printed to stdout."""
     before, after, train, timings = report["before"], report["after"], report["train"], report["timings"]
-    sample, examples = report["sample_prediction"], report["examples"]
+    sample, examples, classes = report["sample_prediction"], report["examples"], report["classes"]
+    names = summary_metric_names(len(classes))
+    width = max(10, *map(len, names))
     lines = [
         f"model      {report['model']}",
         f"data       {report['data']} ({examples['train']} train / {examples['validation']} validation)",
+        f"classes    {len(classes)}: {', '.join(classes)}{' (sentence pairs)' if report['sentence_pairs'] else ''}",
         f"precision  {report['precision']}, {report['threads']} threads, {report['allocator']} malloc",
         *([f"distrib.   {distributed.describe_report(report['distributed'])}"]
           if report["distributed"]["world_size"] > 1 else []),
         "",
-        f"{'metric':<10}  {'before':>7}  {'after':>7}",
-        *(f"{name:<10}  {before['metrics'][name]:>7.4f}  {after['metrics'][name]:>7.4f}" for name in METRIC_NAMES),
-        f"{'loss':<10}  {before['loss']:>7.4f}  {after['loss']:>7.4f}",
+        f"{'metric':<{width}}  {'before':>7}  {'after':>7}",
+        *(f"{name:<{width}}  {before['metrics'][name]:>7.4f}  {after['metrics'][name]:>7.4f}" for name in names),
+        f"{'loss':<{width}}  {before['loss']:>7.4f}  {after['loss']:>7.4f}",
         "",
+        *(["per class after:", format_per_class(after["metrics"]["per_class"]), ""] if len(classes) > 2 else []),
         "confusion matrix before:",
-        format_confusion_matrix(before["metrics"]["confusion_matrix"], LABEL_NAMES),
+        format_confusion_matrix(before["metrics"]["confusion_matrix"], classes),
         "confusion matrix after:",
-        format_confusion_matrix(after["metrics"]["confusion_matrix"], LABEL_NAMES),
+        format_confusion_matrix(after["metrics"]["confusion_matrix"], classes),
         "",
-        f"sample     {sample['text']!r} -> {sample['label']} (p={sample['probability']:.3f})",
+        f"sample     {sample['text']!r}{' + ' + repr(sample['text_pair']) if 'text_pair' in sample else ''} -> "
+        f"{sample['label']} (p={sample['probability']:.3f})",
         f"train      {train['steps']} steps, {train['epochs']:.2f} epochs in {train['seconds']:.1f} s "
         f"({train['examples_per_second']:.1f} examples/s)",
         *([f"resumed    from {train['resumed_from']} ({train['steps_this_run']} steps in this run)"]
@@ -415,14 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not distributed.is_main_process():
         return 0
     print(format_report(report))
-    accuracy = report["after"]["metrics"]["accuracy"]
-    if config.expect_min_accuracy is not None and accuracy < config.expect_min_accuracy:
-        print(
-            f"error: validation accuracy {accuracy:.4f} is below --expect_min_accuracy {config.expect_min_accuracy}",
-            file=sys.stderr,
-        )
-        return EXIT_QUALITY_GATE
-    return 0
+    return quality_gate_exit_code(report["after"]["metrics"], config.expect_min_accuracy, config.expect_min_macro_f1)
 
 
 if __name__ == "__main__":

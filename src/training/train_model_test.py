@@ -16,14 +16,14 @@ from unittest import mock
 
 import torch
 from safetensors.torch import load_file
-from transformers import BertForSequenceClassification
 
+from src.common.classify import EXIT_QUALITY_GATE, evaluate, predict_one
 from src.common.data import ID2LABEL, LABEL2ID, PaddingCollator, load_data, tokenize
 from src.common.errors import EXIT_USAGE
 from src.common.models import load_sequence_classifier, load_tokenizer
 from src.common.paths import BAZEL_TEST_OUTPUTS_ENV
 from src.common.testing import (
-    TOKENIZER_FILES,
+    make_tiny_base_bert,
     make_tiny_bert,
     run_cli_captured,
     synthetic_sentiment_rows,
@@ -33,7 +33,8 @@ from src.training import config as config_module
 from src.training import train_model
 from src.training.config import LOG_FILE
 
-METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "confusion_matrix"}
+METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "confusion_matrix", "per_class", "macro_precision",
+               "macro_recall", "macro_f1", "weighted_precision", "weighted_recall", "weighted_f1"}
 PHASES = ("evaluate before", "train", "evaluate after")  # the default run's progress bars
 HEAD_LINE = "new classification head (classifier.weight, classifier.bias): initialised randomly, trained by this job"
 
@@ -118,25 +119,16 @@ class TrainModelTest(unittest.TestCase):
     def test_saved_model_reloads_to_the_same_predictions(self):
         saved = str(self.output_dir / train_model.MODEL_SUBDIR)
         tokenizer = load_tokenizer(saved)
-        model = load_sequence_classifier(saved, num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
+        model = load_sequence_classifier(saved)  # its own classes, from the saved config
+        self.assertEqual(model.config.id2label, {0: "0", 1: "1"})  # integer labels without names: their ids
         sample = self.report["sample_prediction"]
-        again = train_model.predict(model, tokenizer, sample["text"], self.report["precision"], max_length=32)
+        again = predict_one(model, tokenizer, sample["text"], self.report["precision"], max_length=32)
         self.assertEqual(again["label"], sample["label"])
         self.assertAlmostEqual(again["probability"], sample["probability"], places=5)
 
-        validation = tokenize(load_data(str(self.data_dir)), tokenizer, max_length=32)["validation"]
-        evaluation = train_model.evaluate(model, validation, PaddingCollator(tokenizer), 8, self.report["precision"])
+        validation = tokenize(load_data(str(self.data_dir)).splits, tokenizer, max_length=32)["validation"]
+        evaluation = evaluate(model, validation, PaddingCollator(tokenizer), 8, self.report["precision"])
         self.assertEqual(evaluation.metrics, self.report["after"]["metrics"])
-
-
-def make_tiny_base_bert(path: Path) -> Path:
-    """A tiny BertModel without a classification head, as a pretrained base model is: loading it as a classifier
-    initialises a new head (transformers' LOAD REPORT lists it as missing)."""
-    full = make_tiny_bert(path.with_name(path.name + "-full"))
-    BertForSequenceClassification.from_pretrained(full).bert.save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        shutil.copy(full / name, path / name)
-    return path
 
 
 class ConsoleOutputTest(unittest.TestCase):
@@ -228,7 +220,7 @@ class TrainModelExitCodeTest(unittest.TestCase):
         out.mkdir()
         (out / LOG_FILE).write_text("an earlier run\n")
         bad_data = write_sst2_folder(self.dir / "bad", [("fine", 1)], [("fine", 1)])
-        (bad_data / "train.tsv").write_text("text\tlabel\nfine\t1\n")  # found only when the job reads the data
+        (bad_data / "train.tsv").write_text("sentence\tlabel\nfine\tgood\n")  # found only when the job reads the data
         for argv in (["--learning_rate", "-1"], ["--data", str(bad_data)]):
             with self.subTest(argv=argv):
                 code, _, stderr = run_main([*argv, "--output_dir", str(out)])
@@ -254,7 +246,7 @@ class TrainModelExitCodeTest(unittest.TestCase):
             ["--model", str(model_dir), "--data", str(data_dir), "--output_dir", str(out), "--max_steps", "1",
              "--learning_rate", "1e-6", "--disable_tqdm", "true", "--expect_min_accuracy", "1.0"]
         )  # fmt: skip
-        self.assertEqual(code, train_model.EXIT_QUALITY_GATE)
+        self.assertEqual(code, EXIT_QUALITY_GATE)
         self.assertIn("error: validation accuracy", stderr.splitlines()[-1])
         self.assertTrue((out / train_model.METRICS_FILE).is_file())
 
