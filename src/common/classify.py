@@ -108,9 +108,11 @@ def predict_one(
     return {"text": text, **pair, "label": model.config.id2label[label_id], "probability": float(probs[label_id])}
 
 
-def quality_gate_exit_code(metrics: dict[str, Any], min_accuracy: float | None, min_macro_f1: float | None) -> int:
+def quality_gate_exit_code(
+    metrics: dict[str, Any], min_accuracy: float | None, min_macro_f1: float | None, scored: str = "validation"
+) -> int:
     """0 if the metrics pass the gates; else EXIT_QUALITY_GATE, after one error line on stderr saying why."""
-    failed = quality_gate_failure(metrics, min_accuracy, min_macro_f1)
+    failed = quality_gate_failure(metrics, min_accuracy, min_macro_f1, scored)
     if failed:
         print(f"error: {failed}", file=sys.stderr)
         return EXIT_QUALITY_GATE

@@ -10,7 +10,7 @@ A data source is one string:
   org/name, glue/sst2 a Hugging Face Hub dataset, loaded with `datasets.load_dataset` (network or local cache)
 
 Columns are chosen by name (--text_column, --text_pair_column, --label_column) or found among the defaults below.
-Labels are integers (ids; named by --label_names, the dataset card or a Hub dataset's features, else "0", "1", ...)
+Labels are integers (ids; named by --class_names, the dataset card or a Hub dataset's features, else "0", "1", ...)
 or strings (the names; ids in sorted order of the names). A class that no training example has is warned about.
 """
 
@@ -209,37 +209,76 @@ def _cause_of_type(error: BaseException, kind: type[BaseException]) -> BaseExcep
     return None
 
 
-def read_files(files: DataFiles) -> DatasetDict:
+def read_files(files: DataFiles, use_card: bool = True) -> DatasetDict:
     """Read local split files with datasets' packaged builder for their format, in memory (a private cache folder,
     removed afterwards: local files are not copied into the user's datasets cache). A dataset card (README.md with
-    dataset_info features) in the folder gives the columns' types, e.g. the class names of an integer label."""
+    dataset_info features) in the folder gives the columns' types, e.g. the class names of an integer label;
+    use_card=False ignores it (texts only: a label the card does not know must not stop predict). Without a card
+    CSV/TSV cells are strings, as written ("0042" stays "0042"). Blank lines of a .txt file are skipped."""
     builder, options = FORMATS[files.suffix]
-    features = _card_features(files.folder) if files.folder.joinpath(DATASET_CARD).is_file() else None
+    card = _card_features(files.folder) if use_card and files.folder.joinpath(DATASET_CARD).is_file() else None
     data: dict[str, Dataset] = {}
     with tempfile.TemporaryDirectory(prefix="cpu-finetune-data-") as cache:
         for split, path in files.splits.items():  # one at a time: an error names its file
+            features = _features_for(card, path)
+            if builder == "csv" and features is None:  # every column a string, cells as written
+                features = _all_strings(path)
+            _require_rows(path, files.suffix)
             try:
                 with warnings.catch_warnings(), _builder_errors_quiet():
                     # pandas warns, and drops fields, for rows longer than the header: an error here
                     warnings.simplefilter("error", pd.errors.ParserWarning)
                     loaded = datasets.load_dataset(
                         builder, data_files={split: str(path)}, split=split, cache_dir=cache, keep_in_memory=True,
-                        features=_features_for(features, path), **options,
+                        features=features, **options,
                     )
             except Exception as e:  # pandas, pyarrow and datasets each raise their own for a malformed file
-                not_utf8 = _cause_of_type(e, UnicodeDecodeError)
-                if not_utf8 is not None:
-                    raise UserError(f"{path} is not UTF-8 text (byte 0x{not_utf8.object[not_utf8.start]:02x}); "
-                                    "save it as UTF-8") from None
-                reason = _first_line(e)
-                if "Length of header" in reason:
-                    reason = "a row has more fields than the header line"
-                if "EOF inside string" in reason:
-                    reason += " (a field that starts with a double quote must end with one; write a quote inside a "\
-                        "quoted field as two)"
-                raise UserError(f"{path}: cannot read it as {files.suffix[1:].upper()}: {reason}") from None
+                raise _read_error(e, path, files.suffix) from None
+            if files.suffix == ".txt":
+                loaded = loaded.filter(lambda row: bool(row[TEXT_COLUMN].strip()), keep_in_memory=True)
+                loaded = loaded.flatten_indices(keep_in_memory=True)
+            if len(loaded) == 0:
+                raise UserError(f"{path}: no rows{' (a header line only)' if builder == 'csv' else ''}; add examples")
             data[split] = loaded
     return DatasetDict(data)
+
+
+def _all_strings(path: Path) -> datasets.Features | None:
+    """String features for each column of a CSV/TSV header (None if it has none, or names a column twice: the reader
+    then says what is wrong)."""
+    columns = _columns_of(path)
+    if not columns or len(set(columns)) != len(columns):
+        return None
+    return datasets.Features({name: datasets.Value("string") for name in columns})
+
+
+def _require_rows(path: Path, suffix: str) -> None:
+    """UserError for a file with nothing in it (the readers' own messages for one say nothing useful)."""
+    try:
+        empty = path.stat().st_size == 0 or (suffix != ".parquet" and not path.read_bytes().strip())
+    except OSError as e:
+        raise UserError(f"cannot read data file {path}: {e.strerror}") from None
+    if empty:
+        raise UserError(f"{path}: the file is empty; add examples")
+
+
+# What the readers say for a file without rows (a header only, [], a zero-row Parquet file).
+NO_ROWS = ("corresponds to no data", "StopIteration", "at least one example", "BatchSize must be greater than 0")
+
+
+def _read_error(error: BaseException, path: Path, suffix: str) -> UserError:
+    """A reader's exception as our one line, naming the file."""
+    not_utf8 = _cause_of_type(error, UnicodeDecodeError)
+    if not_utf8 is not None:
+        return UserError(f"{path} is not UTF-8 text (byte 0x{not_utf8.object[not_utf8.start]:02x}); save it as UTF-8")
+    reason = _first_line(error)
+    if any(marker in reason for marker in NO_ROWS):
+        return UserError(f"{path}: no rows{' (a header line only)' if suffix in ('.csv', '.tsv') else ''}; add examples")
+    if "Length of header" in reason:
+        reason = "a row has more fields than the header line"
+    if "EOF inside string" in reason:
+        reason += " (a field that starts with a double quote must end with one; write a quote inside a quoted field as two)"
+    return UserError(f"{path}: cannot read it as {suffix[1:].upper()}: {reason}")
 
 
 @contextlib.contextmanager
@@ -262,7 +301,9 @@ def _card_features(folder: Path) -> datasets.Features | None:
     try:
         info = DatasetCard.load(path).data.to_dict().get("dataset_info") or {}
         return DatasetInfo._from_yaml_dict(info).features if isinstance(info, dict) else None
-    except Exception as e:  # a card is free-form text: a YAML header that datasets cannot read is bad input
+    except Exception as e:  # a card is free-form text: only a dataset_info header that cannot be read is bad input
+        if "dataset_info" not in path.read_text(encoding="utf-8", errors="replace"):
+            return None  # a README that starts with a --- rule, not a card
         raise UserError(f"{path}: its dataset_info header cannot be read: {_first_line(e)}") from None
 
 
@@ -274,7 +315,7 @@ def _features_for(features: datasets.Features | None, path: Path) -> datasets.Fe
 
 
 def _columns_of(path: Path) -> list[str]:
-    """A file's column names, read cheaply (header line, first JSON record, Parquet schema)."""
+    """A file's column names (header line, first JSON record, Parquet schema)."""
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
@@ -284,6 +325,10 @@ def _columns_of(path: Path) -> list[str]:
             with path.open(encoding="utf-8") as f:
                 line = next((ln for ln in f if ln.strip()), "{}")
             return list(json.loads(line))
+        if suffix == ".json":  # a list of records, or {"data": [...]}
+            records = json.loads(path.read_text(encoding="utf-8"))
+            records = records.get("data", []) if isinstance(records, dict) else records
+            return list(records[0]) if records and isinstance(records[0], dict) else []
         if suffix == ".parquet":
             return pq.read_schema(path).names
         if suffix == ".txt":
@@ -351,13 +396,25 @@ def resolve_columns(columns: Sequence[str], chosen: Columns, where: str) -> tupl
     return text, None, label
 
 
+def _column(split: Dataset, column: str) -> list:
+    """A column's values as a list: plain values and class ids straight from the Arrow table (row by row is far
+    slower); other features (a JSON column of mixed types) decoded by datasets."""
+    plain = isinstance(split.features[column], (datasets.Value, ClassLabel))
+    if plain and split._indices is None:  # the table is the rows (no selection or shuffle on top of it)
+        return split.data.column(column).to_pylist()
+    return list(split[column])
+
+
 def _texts(split: Dataset, column: str, where: str) -> list[str]:
-    """A text column as strings; UserError on the first empty or missing text."""
-    values = split[column]
+    """A text column's strings; UserError on the first empty, missing or non-string text."""
+    values = _column(split, column)
     for row, value in enumerate(values, start=1):
         if value is None or (isinstance(value, str) and not value.strip()):
             raise UserError(f"{where}: row {row} has an empty {column!r}; remove the row or fill it in")
-    return [v if isinstance(v, str) else str(v) for v in values]
+        if not isinstance(value, str):
+            raise UserError(f"{where}: column {column!r} holds {type(value).__name__} values (row {row}: {value!r}), "
+                            "not text; pick the text column with --text_column")
+    return values
 
 
 def _label_kind(value: object, where: str, row: int, column: str) -> int | str:
@@ -381,12 +438,13 @@ def _label_kind(value: object, where: str, row: int, column: str) -> int | str:
 
 def encode_labels(
     raw: Mapping[str, list], wheres: Mapping[str, str], column: str, names: Sequence[str] | None,
-    known: Sequence[str] | None = None,
+    known: Sequence[str] | None = None, names_from: str = "--class_names",
 ) -> tuple[dict[str, list[int]], tuple[str, ...]]:
     """Class ids per split, and the class names.
 
-    raw: each split's label values. names: --label_names, or a dataset's ClassLabel names (ids are then the values).
-    known: the classes of a trained model (evaluate): names map onto its ids; integers must be below its count.
+    raw: each split's label values. names: --class_names, or a dataset's ClassLabel names (ids are then the values);
+    names_from says which, for messages. known: the classes of a trained model (evaluate): names map onto its ids by
+    name (integer labels that `names` names too); unnamed integers must be below its count.
     """
     kinds = {split: [_label_kind(v, wheres[split], row, column) for row, v in enumerate(values, start=1)]
              for split, values in raw.items()}
@@ -405,20 +463,24 @@ def encode_labels(
                 raise UserError(f"{wheres[split]}: row {bad[0]} has label {bad[1]} in {column!r}; class ids start at 0 "
                                 "(-1 marks an unlabelled row: label it or drop it)")
         top = max(v for values in kinds.values() for v in values)
-        classes = tuple(known) if known else tuple(names) if names else tuple(str(i) for i in range(top + 1))
+        named = names is not None and known is not None  # named ids onto a model's classes: by name, below
+        classes = tuple(names) if named else tuple(known) if known else tuple(names) if names else tuple(
+            str(i) for i in range(top + 1))
         if top >= len(classes):
             split = next(s for s, vs in kinds.items() if top in vs)
-            what = "the model's" if known else "--label_names'"
-            raise UserError(f"{wheres[split]}: label {top} in {column!r} has no class among {what} {len(classes)} "
-                            f"({', '.join(classes)})")
-        return {split: list(values) for split, values in kinds.items()}, classes
+            what = names_from if names else "the model's classes"
+            raise UserError(f"{wheres[split]}: label {top} in {column!r} has no class among {what} "
+                            f"({len(classes)}: {', '.join(classes)})")
+        if not named:
+            return {split: list(values) for split, values in kinds.items()}, classes
+        kinds = {split: [classes[v] for v in values] for split, values in kinds.items()}
     found = sorted({v for values in kinds.values() for v in values})
     classes = tuple(known) if known else tuple(names) if names else tuple(found)
     index = {name: i for i, name in enumerate(classes)}
     for split, values in kinds.items():
         unknown = sorted({v for v in values if v not in index})
         if unknown:
-            what = "the model's classes" if known else "--label_names"
+            what = "the model's classes" if known else names_from
             raise UserError(f"{wheres[split]}: label{'s' if len(unknown) > 1 else ''} "
                             f"{', '.join(map(repr, unknown[:5]))} not among {what} ({', '.join(classes)})")
     return {split: [index[v] for v in values] for split, values in kinds.items()}, classes
@@ -445,27 +507,42 @@ def _normalise(
     features = [loaded[s].features[picked[s][2]] for s in loaded]
     card_names = features[0].names if all(isinstance(f, ClassLabel) for f in features) else None
     if label_names and card_names and len(label_names) != len(card_names):
-        raise UserError(f"--label_names has {len(label_names)} names; the data's card names {len(card_names)} "
+        raise UserError(f"--class_names has {len(label_names)} names; the data's card names {len(card_names)} "
                         f"({', '.join(card_names)})")
-    raw = {s: loaded[s][picked[s][2]] for s in loaded}
-    ids, classes = encode_labels(raw, wheres, picked[next(iter(loaded))][2], label_names or card_names, known)
+    raw = {s: _column(loaded[s], picked[s][2]) for s in loaded}
+    ids, classes = encode_labels(raw, wheres, picked[next(iter(loaded))][2], label_names or card_names, known,
+                                 names_from="--class_names" if label_names else "the dataset's class names")
     for split in out:
         out[split][LABEL_COLUMN] = ids[split]
     return DatasetDict({s: Dataset.from_dict(c) for s, c in out.items()}), classes
 
 
-def _load_source(spec: str, training: bool = False) -> tuple[DatasetDict, dict[str, str]]:
+def _load_source(
+    spec: str, training: bool = False, split: str | None = None, use_card: bool = True
+) -> tuple[DatasetDict, dict[str, str]]:
     """A source's splits as loaded, and how to name each in messages (its file, or the Hub id and split).
-    training: of a local source, read only the train split and the one evaluated on."""
+    training: of a local source, read only the train split and the one evaluated on; else only the split
+    load_split would pick (`split`, or its default)."""
     files = find_local_files(spec)
     if files is None:
         loaded = load_hub_dataset(spec)
-        return loaded, {split: f"{spec} ({split} split)" for split in loaded}
+        return loaded, {name: f"{spec} ({name} split)" for name in loaded}
     if training:
         require_train_files(files)
-        keep = ("train", _eval_split_name(list(files.splits)))
-        files = DataFiles({s: p for s, p in files.splits.items() if s in keep}, files.suffix, files.folder)
-    return read_files(files), {split: str(path) for split, path in files.splits.items()}
+        keep = {"train", _eval_split_name(list(files.splits))}
+    else:
+        keep = {_pick_split(spec, list(files.splits), split)}
+    files = DataFiles({s: p for s, p in files.splits.items() if s in keep}, files.suffix, files.folder)
+    return read_files(files, use_card), {name: str(path) for name, path in files.splits.items()}
+
+
+def _pick_split(spec: str, names: Sequence[str], split: str | None) -> str:
+    """`split`, else a single split, else validation (or dev), else test; UserError if there is none such."""
+    chosen = split or (names[0] if len(names) == 1 else _eval_split_name(names))
+    if chosen not in names:
+        wanted = f"no split {split!r}" if split else "which split?"
+        raise UserError(f"{spec}: {wanted}; it has {', '.join(names)}; pass --split NAME")
+    return chosen
 
 
 def _eval_split_name(splits: Sequence[str]) -> str | None:
@@ -537,12 +614,8 @@ def load_split(
 ) -> tuple[LabelledData, str]:
     """One split of a source (evaluate, predict): `split`, else validation, test, or a file's only split; and how
     to name it. labelled=False reads texts only. known: a trained model's classes, which labels must be among."""
-    loaded, wheres = _load_source(spec)
-    names = list(loaded)
-    chosen = split or (names[0] if len(names) == 1 else _eval_split_name(names))
-    if chosen not in loaded:
-        wanted = f"no split {split!r}" if split else "which split?"
-        raise UserError(f"{spec}: {wanted} it has {', '.join(names)}; pass --split NAME")
+    loaded, wheres = _load_source(spec, split=split, use_card=labelled)
+    chosen = _pick_split(spec, list(loaded), split)
     if len(loaded[chosen]) == 0:
         raise UserError(f"{wheres[chosen]}: no rows")
     splits, classes = _normalise({chosen: loaded[chosen]}, {chosen: wheres[chosen]}, columns, label_names, known,

@@ -139,6 +139,56 @@ class FormatsTest(DataTestCase):
         self.assertEqual(texts["data"].column_names, ["text"])
 
 
+REVERSED_CARD = """---
+dataset_info:
+  features:
+  - name: text
+    dtype: string
+  - name: label
+    dtype:
+      class_label:
+        names:
+          '0': positive
+          '1': negative
+---
+"""
+
+
+class CardAndCellsTest(DataTestCase):
+    def test_a_cards_names_map_onto_a_models_classes_by_name(self):
+        rows = [{"text": "great film", "label": 0}, {"text": "awful film", "label": 1}, {"text": "superb", "label": 0}]
+        for suffix in (".jsonl", ".json", ".csv"):
+            with self.subTest(suffix):
+                folder = write_folder(self.dir / f"card{suffix[1:]}", suffix, rows, rows)
+                (folder / "README.md").write_text(REVERSED_CARD)
+                ds = data.load_data(str(folder))
+                self.assertEqual(ds.label_names, ("positive", "negative"))  # the card's order, json included
+                held_out, _ = data.load_split(str(folder), known=["negative", "positive"])
+                self.assertEqual(held_out["data"]["label"], [1, 0, 1])  # by name onto the model's ids, not as ids
+                with self.assertRaisesRegex(UserError, "'negative' not among the model's classes"):
+                    data.load_split(str(folder), known=["positive", "neutral"])
+
+    def test_csv_cells_are_read_as_written_and_a_plain_readme_is_not_a_card(self):
+        rows = [{"text": "0042", "label": "a"}, {"text": "1.50", "label": "b"}, {"text": "True", "label": "a"}]
+        folder = write_folder(self.dir / "cells", ".csv", rows, rows)
+        (folder / "README.md").write_text("---\n# My data\nSome words.\n\n---\n")
+        self.assertEqual(data.load_data(str(folder))["train"]["text"], ["0042", "1.50", "True"])
+
+    def test_only_the_split_used_is_read(self):
+        folder = write_folder(self.dir / "only", ".csv", [{"text": "a", "label": "x"}], [{"text": "b", "label": "x"}])
+        (folder / "train.csv").write_text('text,label\n"never closed,x\n')
+        held_out, where = data.load_split(str(folder))
+        self.assertEqual((held_out["data"]["text"], Path(where).name), (["b"], "validation.csv"))
+        with self.assertRaisesRegex(UserError, r"no split 'dev'; it has train, validation; pass --split NAME"):
+            data.load_split(str(folder), split="dev")
+
+    def test_txt_blank_lines_are_skipped(self):
+        path = self.dir / "texts.txt"
+        path.write_text("good\n\nbad\n\n\n")
+        texts, _ = data.load_split(str(path), labelled=False)
+        self.assertEqual(texts["data"]["text"], ["good", "bad"])
+
+
 class BadInputTest(DataTestCase):
     """Each malformed source: one line naming the file and what to do."""
 
@@ -175,6 +225,25 @@ class BadInputTest(DataTestCase):
         (folder / "validation.jsonl").write_text('{"text": "a", "label": 1}\nnot json\n')
         self.assert_one_line(folder, r"validation\.jsonl: cannot read it as JSONL")
 
+    def test_empty_files_and_files_without_rows(self):
+        good = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+        cases = (("train.csv", "", "the file is empty"), ("train.csv", "text,label\n", r"no rows \(a header line only\)"),
+                 ("train.json", "[]", "no rows"), ("train.jsonl", "\n\n", "the file is empty"))
+        for name, content, pattern in cases:
+            with self.subTest(name=name, content=content):
+                suffix = Path(name).suffix
+                folder = write_folder(self.dir / f"e{len(content)}{suffix[1:]}", suffix, good, good)
+                (folder / name).write_text(content)
+                self.assert_one_line(folder, rf"{name}: {pattern}")
+        folder = write_folder(self.dir / "pq", ".parquet", good, good)
+        pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=str)}).to_parquet(
+            folder / "train.parquet")
+        self.assert_one_line(folder, r"train\.parquet: no rows")
+
+    def test_a_non_text_column(self):
+        folder = write_folder(self.dir / "ints", ".parquet", [{"text": 5, "label": "x"}], [{"text": 6, "label": "x"}])
+        self.assert_one_line(folder, r"train\.parquet: column 'text' holds int values \(row 1: 5\), not text")
+
     def test_unknown_columns_and_missing_defaults(self):
         folder = write_folder(self.dir / "c", ".csv", [{"body": "a", "y": 1}] * 2, [{"body": "b", "y": 0}])
         self.assert_one_line(folder, r"train\.csv: no text column", "body, y", "--text_column")
@@ -198,8 +267,8 @@ class BadInputTest(DataTestCase):
             (["1", "neg"], ".csv", "mix integers", {}),
             ([0.5, 1.0], ".jsonl", "a fraction", {}),
             ([0, -1], ".csv", "row 2 has label -1", {}),
-            ([0, 5], ".csv", "label 5 .* among --label_names' 2", {"label_names": ["a", "b"]}),
-            (["x", "y"], ".csv", "'y' not among --label_names", {"label_names": ["x", "z"]}),
+            ([0, 5], ".csv", r"label 5 .* among --class_names \(2: a, b\)", {"label_names": ["a", "b"]}),
+            (["x", "y"], ".csv", "'y' not among --class_names", {"label_names": ["x", "z"]}),
             (["same", "same"], ".csv", "only one class", {}),
         )
         for labels, suffix, pattern, kwargs in cases:

@@ -32,7 +32,8 @@ def classification_metrics(
     """accuracy, precision, recall, f1; macro_* and weighted_* averages; per_class; confusion_matrix.
 
     precision/recall/f1: binary tasks score the positive class (label 1); more labels the macro average over classes
-    (an unweighted mean: every class counts alike). weighted_*: the mean weighted by each class's true count.
+    (an unweighted mean: every class counts alike; classes that neither the labels nor the predictions have are left
+    out). weighted_*: the mean weighted by each class's true count.
     per_class: {name: {precision, recall, f1, support}} (names: label_names, else the ids). confusion_matrix: list of
     lists, rows = true, columns = predicted. A ratio with a zero denominator counts as 0.0.
     """
@@ -45,8 +46,13 @@ def classification_metrics(
         2 * per_class_precision * per_class_recall, per_class_precision + per_class_recall
     )
     weights = _safe_divide(support, np.full_like(support, support.sum()))
+    # Macro averages run over the classes the labels or the predictions have (as scikit-learn's do): a class
+    # absent from both (labels 1-5 leave an id 0; a file without one of the model's classes) is not scored 0.
+    present = (support > 0) | (cm.sum(axis=0) > 0)
     averages = {
-        f"{kind}_{name}": float(values.mean() if kind == "macro" else (values * weights).sum())
+        f"{kind}_{name}": float(
+            (values[present].mean() if present.any() else 0.0) if kind == "macro" else (values * weights).sum()
+        )
         for kind in ("macro", "weighted")
         for name, values in (("precision", per_class_precision), ("recall", per_class_recall), ("f1", per_class_f1))
     }
@@ -96,9 +102,12 @@ def format_confusion_matrix(cm: Sequence[Sequence[int]], label_names: Sequence[s
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header, *rows])
 
 
-def quality_gate_failure(metrics: dict, min_accuracy: float | None, min_macro_f1: float | None) -> str | None:
-    """Why `metrics` fail the gates (--expect_min_accuracy, --expect_min_macro_f1), as one line; None if they pass."""
+def quality_gate_failure(
+    metrics: dict, min_accuracy: float | None, min_macro_f1: float | None, scored: str = "validation"
+) -> str | None:
+    """Why `metrics` fail the gates (--expect_min_accuracy, --expect_min_macro_f1), as one line; None if they pass.
+    scored: what the metrics were computed on, for the message."""
     for name, minimum in (("accuracy", min_accuracy), ("macro_f1", min_macro_f1)):
         if minimum is not None and metrics[name] < minimum:
-            return f"validation {name.replace('_', ' ')} {metrics[name]:.4f} is below --expect_min_{name} {minimum}"
+            return f"{scored} {name.replace('_', ' ')} {metrics[name]:.4f} is below --expect_min_{name} {minimum}"
     return None

@@ -69,6 +69,15 @@ class ClassificationMetricsTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             classification_metrics(preds, labels, num_labels=3, label_names=["a", "b"])
 
+    def test_macro_averages_leave_out_classes_nobody_has(self):
+        # Labels 1-5 leave class 0 with no examples and no predictions: perfect predictions score 1.0, not 5/6.
+        m = classification_metrics([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], num_labels=6)
+        self.assertEqual((m["accuracy"], m["macro_f1"], m["f1"]), (1.0, 1.0, 1.0))
+        self.assertEqual(m["per_class"]["0"]["support"], 0)  # still listed
+        # A class that is predicted but never true does count (its precision is 0).
+        m = classification_metrics([0, 1, 2], [0, 1, 1], num_labels=3)
+        self.assertAlmostEqual(m["macro_precision"], (1 + 1 + 0) / 3)
+
     def test_zero_division_gives_zero(self):
         # Never predicts the positive class: precision has a 0 denominator; so do recall and F1 here.
         m = classification_metrics([0, 0, 0], [0, 0, 0])

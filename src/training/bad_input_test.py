@@ -158,7 +158,7 @@ class BadLabelledDataTest(BadInputCase):
     def test_validation_label_outside_class_names(self):
         data = self.folder("names", "text,label\ngreat,pos\nawful,neg\n", "text,label\nmeh,neutral\n")
         self.assert_one_line_exit_2(["--model", str(self.tiny_bert), "--data", str(data), "--class_names", "neg,pos"],
-                                    "validation.csv", "'neutral' not among --label_names")
+                                    "validation.csv", "'neutral' not among --class_names")
 
 
 class UnreachableHubTest(BadInputCase):

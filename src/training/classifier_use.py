@@ -7,6 +7,7 @@ The model is the output of train_model (its --output_dir, or the model/ folder i
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from datasets import Dataset
@@ -71,6 +72,15 @@ class ClassifierUseConfig:
 
     def columns(self, label_column: str | None = None) -> Columns:
         return Columns(self.text_column, self.text_pair_column, label_column)
+
+
+def require_writable_file(path: Path) -> None:
+    """UserError, before any work, if `path` is a folder or lies under something that is not one."""
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; name a file in it")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"--output {path}: {parent} is not a folder")
 
 
 class _ArgumentParser(HfArgumentParser, CliArgumentParser):

@@ -28,7 +28,7 @@ from src.common.logging_utils import setup_logging
 from src.common.metrics import format_confusion_matrix, format_per_class, summary_metric_names
 from src.common.paths import atomic_write_json, default_output_dir, resolve_user_path
 from src.training import classifier_use
-from src.training.classifier_use import ClassifierUseConfig
+from src.training.classifier_use import ClassifierUseConfig, require_writable_file
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class EvaluateConfig(ClassifierUseConfig):
             gate = getattr(self, name)
             if gate is not None and not 0 <= gate <= 1:
                 raise UserError(f"--{name} must be in [0, 1], got {gate}")
+        require_writable_file(self.output_path)
 
     @property
     def output_path(self) -> Path:
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     logger.debug("command: %s", shlex.join(["evaluate", *argv]))
     report = run(config)
     print(format_report(report))
-    return quality_gate_exit_code(report["evaluation"]["metrics"], config.expect_min_accuracy, config.expect_min_macro_f1)
+    metrics = report["evaluation"]["metrics"]
+    return quality_gate_exit_code(metrics, config.expect_min_accuracy, config.expect_min_macro_f1,
+                                  scored=report["split_file"])
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ class BadInputTest(unittest.TestCase):
                                                  "--output", str(self.dir / "gated.json"), "--log_level", "warning",
                                                  "--show_progress", "false"])
             self.assertEqual(code, EXIT_QUALITY_GATE, stderr)
-            self.assertRegex(stderr.strip(), rf"^error: validation (accuracy|macro f1) \d\.\d{{4}} is below {gate} 0\.99$")
+            self.assertRegex(stderr.strip(), rf"^error: \S+held-out\.csv (accuracy|macro f1) \d\.\d{{4}} is below {gate} 0\.99$")
             self.assertIn("confusion matrix:", stdout)  # the metrics are still printed and written
             self.assertTrue((self.dir / "gated.json").is_file())
 
@@ -230,9 +230,15 @@ class BadInputTest(unittest.TestCase):
                                 "does not exist")
         self.assert_usage_error(run_predict, ["--model", model, "--input", str(self.unknown_labels), "--text_column",
                                               "body"], "no column 'body' (--text_column)")
-        empty = self.dir / "blank.txt"
-        empty.write_text("one\n\nthree\n")
+        empty = self.dir / "blank.csv"
+        empty.write_text("text\none\n\"  \"\nthree\n")
         self.assert_usage_error(run_predict, ["--model", model, "--input", str(empty)], "row 2 has an empty 'text'")
+        folder = self.dir / "a-folder"
+        folder.mkdir(exist_ok=True)
+        for run, argv in ((run_predict, ["--input", str(self.texts)]),
+                          (run_evaluate, ["--data", str(self.unknown_labels)])):  # refused before any work
+            code, _, stderr = run(["--model", model, *argv, "--output", str(folder)])
+            self.assertEqual((code, stderr.strip()), (EXIT_USAGE, f"error: --output {folder} is a folder; name a file in it"))
         code, _, stderr = run_predict(["--model", model, "--input", str(self.texts), "--output", "x.xml"])
         self.assertEqual((code, stderr.strip()), (EXIT_USAGE, "error: --output x.xml: write .jsonl or .csv"))
 

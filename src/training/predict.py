@@ -29,7 +29,7 @@ from src.common.errors import UserError, run_cli
 from src.common.logging_utils import setup_logging
 from src.common.paths import atomic_write_bytes, default_output_dir, resolve_user_path
 from src.training import classifier_use
-from src.training.classifier_use import ClassifierUseConfig
+from src.training.classifier_use import ClassifierUseConfig, require_writable_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class PredictConfig(ClassifierUseConfig):
         super().__post_init__()
         if not self.input:
             raise UserError("--input is required: a file of texts to label")
+        require_writable_file(self.output_path)
         if self.output_path.suffix.lower() not in OUTPUT_FORMATS:
             raise UserError(f"--output {self.output}: write .jsonl or .csv")
 
