@@ -84,6 +84,22 @@ def summary_metric_names(num_labels: int) -> tuple[str, ...]:
     return ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1")
 
 
+def format_scores(evaluations: dict[str, dict], num_labels: int) -> list[str]:
+    """The summary rows of one or more evaluations side by side (column header -> an evaluation's dict with its
+    "metrics" and "loss"): a header line, then summary_metric_names' rows and the loss."""
+    names = summary_metric_names(num_labels)
+    width = max(10, *map(len, names))
+
+    def row(label: str, values: list[float]) -> str:
+        return f"{label:<{width}}" + "".join(f"  {v:>7.4f}" for v in values)
+
+    return [
+        f"{'metric':<{width}}" + "".join(f"  {header:>7}" for header in evaluations),
+        *(row(name, [e["metrics"][name] for e in evaluations.values()]) for name in names),
+        row("loss", [e["loss"] for e in evaluations.values()]),
+    ]
+
+
 def format_per_class(per_class: dict[str, dict[str, float]]) -> str:
     """A table of each class's precision, recall, F1 and support (true count)."""
     header = ["class", "precision", "recall", "f1", "support"]

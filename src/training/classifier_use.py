@@ -11,17 +11,16 @@ from pathlib import Path
 from typing import Literal
 
 from datasets import Dataset
-from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from src.common.classify import load_trained_classifier, trained_classifier_classes
 from src.common.cpu import configure_threads, cpu_flags, resolve_precision
 from src.common.data import Columns, LabelledData, load_split, tokenize
-from src.common.errors import CliArgumentParser, UserError
+from src.common.errors import UserError
 from src.common.logging_utils import level_number
+from src.training.config import MAX_LENGTH_RANGE, CliHfArgumentParser
 
 logger = logging.getLogger(__name__)
-
-MAX_LENGTH_RANGE = (8, 512)  # tokens, as train_model's --max_length
 
 
 @dataclass
@@ -83,12 +82,8 @@ def require_writable_file(path: Path) -> None:
         raise UserError(f"--output {path}: {parent} is not a folder")
 
 
-class _ArgumentParser(HfArgumentParser, CliArgumentParser):
-    """HfArgumentParser whose bad-flag errors are UserErrors (one line, exit 2)."""
-
-
 def parse(config_class: type, argv: list[str], prog: str, description: str) -> ClassifierUseConfig:
-    parser = _ArgumentParser(config_class, prog=prog, description=description, allow_abbrev=False)
+    parser = CliHfArgumentParser(config_class, prog=prog, description=description, allow_abbrev=False)
     return config_class(**vars(parser.parse_args(argv)))
 
 

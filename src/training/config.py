@@ -493,7 +493,7 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-class _ArgumentParser(HfArgumentParser, CliArgumentParser):
+class CliHfArgumentParser(HfArgumentParser, CliArgumentParser):
     """HfArgumentParser whose bad-flag errors are UserErrors (one line, exit 2)."""
 
 
@@ -541,7 +541,7 @@ CLASSIFIER_DESCRIPTION = (
 def build_parser(
     config_class: type[JobConfig] | None = None, prog: str = "train_model", description: str = CLASSIFIER_DESCRIPTION
 ) -> HfArgumentParser:
-    parser = _ArgumentParser(config_class or FinetuneConfig, prog=prog, description=description, allow_abbrev=False)
+    parser = CliHfArgumentParser(config_class or FinetuneConfig, prog=prog, description=description, allow_abbrev=False)
     parser.add_argument(
         "--config",
         metavar="FILE",

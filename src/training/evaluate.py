@@ -25,7 +25,7 @@ from src.common.cpu import peak_rss_mib
 from src.common.data import PaddingCollator
 from src.common.errors import UserError, run_cli
 from src.common.logging_utils import setup_logging
-from src.common.metrics import format_confusion_matrix, format_per_class, summary_metric_names
+from src.common.metrics import format_confusion_matrix, format_per_class, format_scores
 from src.common.paths import atomic_write_json, default_output_dir, resolve_user_path
 from src.training import classifier_use
 from src.training.classifier_use import ClassifierUseConfig, require_writable_file
@@ -97,15 +97,12 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     result = report["evaluation"]
     metrics, classes = result["metrics"], result["label_names"]
-    names = summary_metric_names(len(classes))
-    width = max(10, *map(len, names))
     lines = [
         f"model      {report['model']}",
         f"data       {report['split_file']} ({result['examples']} examples{', sentence pairs' if report['sentence_pairs'] else ''})",
         f"classes    {len(classes)}: {', '.join(classes)}",
         "",
-        *(f"{name:<{width}}  {metrics[name]:>7.4f}" for name in names),
-        f"{'loss':<{width}}  {result['loss']:>7.4f}",
+        *format_scores({"score": result}, len(classes)),
         "",
         *(["per class:", format_per_class(metrics["per_class"]), ""] if len(classes) > 2 else []),
         "confusion matrix:",

@@ -66,7 +66,7 @@ from src.common.metrics import (
     classification_metrics,
     format_confusion_matrix,
     format_per_class,
-    summary_metric_names,
+    format_scores,
 )
 from src.common.models import load_sequence_classifier, load_tokenizer, resolve_model_source
 from src.common.paths import atomic_dir, atomic_write_json
@@ -314,8 +314,6 @@ def format_report(report: dict[str, Any]) -> str:
     """The final summary table printed to stdout."""
     before, after, train, timings = report["before"], report["after"], report["train"], report["timings"]
     sample, examples, classes = report["sample_prediction"], report["examples"], report["classes"]
-    names = summary_metric_names(len(classes))
-    width = max(10, *map(len, names))
     lines = [
         f"model      {report['model']}",
         f"data       {report['data']} ({examples['train']} train / {examples['validation']} validation)",
@@ -324,9 +322,7 @@ def format_report(report: dict[str, Any]) -> str:
         *([f"distrib.   {distributed.describe_report(report['distributed'])}"]
           if report["distributed"]["world_size"] > 1 else []),
         "",
-        f"{'metric':<{width}}  {'before':>7}  {'after':>7}",
-        *(f"{name:<{width}}  {before['metrics'][name]:>7.4f}  {after['metrics'][name]:>7.4f}" for name in names),
-        f"{'loss':<{width}}  {before['loss']:>7.4f}  {after['loss']:>7.4f}",
+        *format_scores({"before": before, "after": after}, len(classes)),
         "",
         *(["per class after:", format_per_class(after["metrics"]["per_class"]), ""] if len(classes) > 2 else []),
         "confusion matrix before:",
