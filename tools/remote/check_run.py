@@ -3,6 +3,7 @@
 exits 1 on a failure.
 
     check_run.py ran-remotely EXEC_LOG TARGET...    the tests' spawns ran on a remote worker
+    check_run.py ran-locally EXEC_LOG TARGET...     the tests' spawns ran on this machine, not a remote cache hit
     check_run.py cache-hit EXEC_LOG TARGET...       the tests' results came from the remote cache
     check_run.py runs WORKER_LOG_DIR TARGET         print how many times the workers ran TARGET's test
     check_run.py overlap WORKER_LOG_DIR TARGET TARGET
@@ -73,7 +74,7 @@ def report(ok: bool, message: str) -> bool:
     return ok
 
 
-def check_spawn_runner(exec_log: Path, labels: list[str], want_cache_hit: bool) -> bool:
+def check_spawn_runner(exec_log: Path, labels: list[str], want_cache_hit: bool, want_local: bool = False) -> bool:
     ok = True
     for label in labels:
         found = test_spawns(exec_log, label)
@@ -86,6 +87,9 @@ def check_spawn_runner(exec_log: Path, labels: list[str], want_cache_hit: bool) 
             if want_cache_hit:
                 good = cache_hit
                 what = "served from the remote cache"
+            elif want_local:
+                good = runner not in ("remote", "remote cache hit", "") and not cache_hit
+                what = "ran on this machine, not from the remote cache"
             else:
                 good = runner == "remote" and not cache_hit
                 what = "ran on a remote worker"
@@ -154,7 +158,7 @@ def check_in_image(log_dir: Path, image: str, labels: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("ran-remotely", "cache-hit"):
+    for name in ("ran-remotely", "ran-locally", "cache-hit"):
         sub = commands.add_parser(name)
         sub.add_argument("exec_log", type=Path)
         sub.add_argument("targets", nargs="+")
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "ran-remotely":
         ok = check_spawn_runner(args.exec_log, args.targets, want_cache_hit=False)
+    elif args.command == "ran-locally":
+        ok = check_spawn_runner(args.exec_log, args.targets, want_cache_hit=False, want_local=True)
     elif args.command == "cache-hit":
         ok = check_spawn_runner(args.exec_log, args.targets, want_cache_hit=True)
     elif args.command == "runs":

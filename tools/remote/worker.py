@@ -330,7 +330,7 @@ def now_utc() -> datetime:
 
 
 class Refused(Exception):
-    """An action this worker will not run (an image it does not hold)."""
+    """An action this worker will not run (an image it does not hold, the network it does not give)."""
 
 
 @dataclass(frozen=True)
@@ -371,8 +371,9 @@ def platform_properties(action: re_pb2.Action, command: re_pb2.Command) -> dict[
 class Images:
     """The worker images this worker holds: each verified against the digest its name pins, unpacked once."""
 
-    def __init__(self, layouts: dict[str, Path], cache: Path) -> None:
+    def __init__(self, layouts: dict[str, Path], cache: Path, allow_network: bool = True) -> None:
         self.roots: dict[str, Path] = {}
+        self.allow_network = allow_network
         for name, layout in layouts.items():
             digest = image_digest(name)
             image = oci.verify(layout, digest)
@@ -396,7 +397,13 @@ class Images:
                 f"(the container-image property must match one byte for byte: rebuild and re-pin the image, "
                 f"docker/build.sh --pin, or restart the workers with the pinned one)"
             )
-        return Sandbox(rootfs=rootfs, network=properties.get(NETWORK_PROPERTY) == NETWORK_ON)
+        network = properties.get(NETWORK_PROPERTY) == NETWORK_ON
+        if network and not self.allow_network:
+            raise Refused(
+                f"this worker gives actions no network ({NETWORK_PROPERTY}={NETWORK_ON}): it was started with "
+                f"--no-action-network (selfhosted.sh does so in cluster mode unless --allow-action-network)"
+            )
+        return Sandbox(rootfs=rootfs, network=network)
 
 
 def image_digest(name: str) -> str:
@@ -583,7 +590,8 @@ class Worker:
             except grpc.RpcError as error:
                 if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
-                LOG.warning("server unreachable (%s); retrying in %.0f s", error.details(), RECONNECT_S)
+                LOG.warning("server unreachable (%s); retrying in %.0f s%s", error.details(), RECONNECT_S,
+                            handshake_hint(error.details() or ""))
                 self._stop.wait(RECONNECT_S)
         return None
 
@@ -694,7 +702,22 @@ def parse_properties(values: Iterable[str]) -> dict[str, str]:
     return properties
 
 
-def open_channel(server: str) -> grpc.Channel:
+def handshake_hint(details: str) -> str:
+    """What to check when a connection fails the way a refused TLS handshake does (gRPC reports those, like a
+    server that is down, as UNAVAILABLE)."""
+    if "CERTIFICATE_VERIFY_FAILED" in details or "SSL" in details or "handshake" in details.lower():
+        return (" (a TLS handshake failed: does --tls-ca hold the CA that signed the server's certificate, and does "
+                "the certificate name the address in --server?)")
+    if "Socket closed" in details or "Connection reset" in details:
+        return (" (if the server uses mutual TLS: it refuses connections without a client certificate it issued and "
+                "has not revoked: --tls-cert/--tls-key, and a grpcs:// --server)")
+    return ""
+
+
+def open_channel(server: str, tls_ca: Path | None = None, tls_cert: Path | None = None,
+                 tls_key: Path | None = None) -> grpc.Channel:
+    """A channel to `server`: grpc:// is plain; grpcs:// is TLS, verifying the server against `tls_ca` (else the
+    system's roots) and presenting `tls_cert`/`tls_key` when given (mutual TLS)."""
     options = [
         ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
@@ -703,7 +726,12 @@ def open_channel(server: str) -> grpc.Channel:
         ("grpc.max_reconnect_backoff_ms", int(RECONNECT_S * 1000)),
     ]
     if server.startswith("grpcs://"):
-        return grpc.secure_channel(server.removeprefix("grpcs://"), grpc.ssl_channel_credentials(), options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls_ca.read_bytes() if tls_ca else None,
+            private_key=tls_key.read_bytes() if tls_key else None,
+            certificate_chain=tls_cert.read_bytes() if tls_cert else None,
+        )
+        return grpc.secure_channel(server.removeprefix("grpcs://"), credentials, options)
     return grpc.insecure_channel(server.removeprefix("grpc://"), options)
 
 
@@ -726,7 +754,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="where images are unpacked, once each [WORK_DIR/images]")
     parser.add_argument("--prepare-only", action="store_true",
                         help="verify and unpack the --image images, then exit (before starting several workers)")
+    parser.add_argument("--no-action-network", action="store_true",
+                        help=f"refuse actions that ask for the network ({NETWORK_PROPERTY}={NETWORK_ON})")
+    parser.add_argument("--tls-ca", type=Path, default=None,
+                        help="grpcs:// only: the CA certificate that signed the server's (PEM) [the system's roots]")
+    parser.add_argument("--tls-cert", type=Path, default=None,
+                        help="grpcs:// only: this worker's client certificate (PEM), for a server that requires one")
+    parser.add_argument("--tls-key", type=Path, default=None, help="grpcs:// only: the key of --tls-cert (PEM)")
     args = parser.parse_args(argv)
+    tls_files = [path for path in (args.tls_ca, args.tls_cert, args.tls_key) if path is not None]
+    if tls_files and not args.server.startswith("grpcs://"):
+        parser.exit(2, f"worker: error: --tls-ca/--tls-cert/--tls-key need a grpcs:// --server, not {args.server}\n")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.exit(2, "worker: error: --tls-cert and --tls-key go together\n")
+    for path in tls_files:
+        if not path.is_file():
+            parser.exit(2, f"worker: error: no such TLS file: {path}\n")
     layouts = {}
     for value in args.image:
         name, sep, layout = value.rpartition("=")
@@ -748,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
             LOG.error("bubblewrap (bwrap) is not installed: apt-get install bubblewrap, or run without --image")
             return 2
         try:
-            images = Images(layouts, (args.image_cache or args.work_dir / "images").resolve())
+            images = Images(layouts, (args.image_cache or args.work_dir / "images").resolve(),
+                            allow_network=not args.no_action_network)
         except (oci.ImageError, OSError) as error:
             LOG.error("cannot serve the image: %s", error)
             return 2
@@ -757,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         return 0
     worker = Worker(
-        open_channel(args.server), args.instance, args.name, parse_properties(args.property),
+        open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key), args.instance, args.name,
+        parse_properties(args.property),
         args.work_dir.resolve(), args.poll_timeout, args.keep_dirs, images,
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())

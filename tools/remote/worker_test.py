@@ -11,6 +11,8 @@ They need BuildGrid's protos, so they run in the deployment's venv, not under
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -297,6 +299,13 @@ class ImageSandboxTest(unittest.TestCase):
         self.assertTrue(timed_out)
         self.assertLess(time.monotonic() - start, 10)
 
+    def test_no_network_at_all_when_the_worker_gives_none(self) -> None:
+        images = worker.Images({self.name: self.tmp / "layout"}, self.tmp / "cache", allow_network=False)
+        with self.assertRaisesRegex(worker.Refused, "gives actions no network"):
+            images.sandbox({"container-image": self.name, "dockerNetwork": "standard"})
+        self.assertFalse(images.sandbox({"container-image": self.name}).network)
+        self.assertTrue(self.images.sandbox({"container-image": self.name, "dockerNetwork": "standard"}).network)
+
     def test_an_image_not_held_is_refused_naming_the_ones_held(self) -> None:
         with self.assertRaisesRegex(worker.Refused, r"no image 'docker://other@sha256:.*it has: 'docker://example.org/tiny@sha256:"):
             self.images.sandbox({"container-image": "docker://other@sha256:" + "1" * 64})
@@ -307,6 +316,36 @@ class ImageSandboxTest(unittest.TestCase):
             worker.image_digest("docker://example.org/tiny:latest")
         with self.assertRaisesRegex(oci.ImageError, "holds image sha256:.*, not sha256:2+"):
             worker.Images({"docker://x@sha256:" + "2" * 64: self.tmp / "layout"}, self.tmp / "cache2")
+
+
+
+class TlsArgumentsTest(unittest.TestCase):
+    """TLS files are checked before the worker starts: one line and exit 2 (the connection itself, accepted or
+    refused by a mutual-TLS BuildGrid, is integration_test.sh's "tls" section)."""
+
+    def main_exits(self, *argv: str) -> str:
+        with tempfile.TemporaryDirectory() as tmp, self.assertRaises(SystemExit) as raised:
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr):
+                worker.main(["--work-dir", tmp, *argv])
+        self.assertEqual(raised.exception.code, 2)
+        self.assertEqual(len(stderr.getvalue().strip().splitlines()), 1, stderr.getvalue())
+        return stderr.getvalue()
+
+    def test_tls_files_need_grpcs(self) -> None:
+        self.assertIn("need a grpcs:// --server", self.main_exits("--server", "grpc://127.0.0.1:1", "--tls-ca", __file__))
+
+    def test_cert_and_key_go_together(self) -> None:
+        self.assertIn("go together", self.main_exits("--server", "grpcs://127.0.0.1:1", "--tls-cert", __file__))
+
+    def test_a_missing_file_is_named(self) -> None:
+        self.assertIn("no such TLS file: /nonexistent/ca.crt",
+                      self.main_exits("--server", "grpcs://127.0.0.1:1", "--tls-ca", "/nonexistent/ca.crt"))
+
+    def test_handshake_hints(self) -> None:
+        self.assertIn("client certificate", worker.handshake_hint("ipv4:127.0.0.2:50061: Socket closed"))
+        self.assertIn("--tls-ca", worker.handshake_hint("Handshake failed: CERTIFICATE_VERIFY_FAILED"))
+        self.assertEqual(worker.handshake_hint("Failed to connect to remote host: Connection refused"), "")
 
 
 if __name__ == "__main__":
