@@ -19,10 +19,20 @@ export HOME="$TEST_TMPDIR/home"
 mkdir -p "$HOME"
 touch "$HOME/.bazelrc"
 
+# Offline mode (Debian's Bazel 4): where Debian's netty-tcnative JNI library is installed, the wrapper hands Bazel a
+# copy under the name netty loads (Bazel 4's only TLS); elsewhere no startup flag.
+tcnative="$(compgen -G "/usr/lib/*/jni/libnetty-tcnative.so" | head -n 1 || true)"
+jni_dir="$HOME/.cache/cpu-finetune/bazel-jni"
+startup=""
+[[ -n "$tcnative" && -d /usr/share/bazel ]] && startup="--host_jvm_args=-Djava.library.path=/usr/share/bazel/:$jni_dir "
 for version in no_version 4.2.3; do
   out="$(BAZEL_REAL="$(fake_bazel "$version")" "$wrapper" test //...)"
-  [[ "$out" == "--bazelrc=$workspace/bazel/rc/offline.bazelrc test //..." ]] || fail "Bazel $version: $out"
+  [[ "$out" == "$startup--bazelrc=$workspace/bazel/rc/offline.bazelrc test //..." ]] || fail "Bazel $version: $out"
 done
+if [[ -n "$startup" ]]; then
+  cmp -s "$tcnative" "$jni_dir/libnetty_tcnative.so" || fail "no copy of $tcnative as $jni_dir/libnetty_tcnative.so"
+  [[ ! -L "$jni_dir/libnetty_tcnative.so" ]] || fail "$jni_dir/libnetty_tcnative.so is a link (the library refuses one)"
+fi
 
 out="$(BAZEL_REAL="$(fake_bazel 8.4.2)" "$wrapper" build //x)"
 [[ "$out" == "--bazelrc=$workspace/bazel/rc/bzlmod.bazelrc build //x" ]] || fail "Bazel 8: $out"

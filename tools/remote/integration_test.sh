@@ -120,6 +120,7 @@ fi
 section "deployment: start on $host (mutual TLS), with client certificates issued first"
 "${deployment[@]}" issue ci-client >/dev/null
 "${deployment[@]}" issue to-revoke >/dev/null
+"${deployment[@]}" issue --worker ci-host2 >"$work/issue-worker.txt" # a worker machine's certificate
 "${deployment[@]}" --bind "$host" start
 "${deployment[@]}" status
 
@@ -233,9 +234,25 @@ probe_runs() { "$remote_venv/bin/python" tools/remote/check_run.py runs "$state/
 # grpc level: the allowed client is accepted (so a refusal below is not a server that is down)
 "${tls_check[@]}" connect "$server_url" --ca "$pki/ca.crt" --cert "$pki/clients/ci-client.crt" \
   --key "$pki/clients/ci-client.key" --accepted || fail "tls: the allowed client"
-# The developer whose certificate is revoked still holds a copy of it and of its key.
-cp "$pki/clients/to-revoke.crt" "$pki/clients/to-revoke.key" "$work/"
+# A worker machine's certificate (issue --worker) registers on the workers' endpoint, until it is revoked.
+if grep -q -- "--workers-only --server grpcs://.*:$((port + 1)) --tls-ca ca.crt --tls-cert ci-host2.crt" "$work/issue-worker.txt"; then
+  pass "tls: issue --worker printed the worker machine's start command"
+else
+  fail "tls: issue --worker: $(cat "$work/issue-worker.txt")"
+fi
+"$remote_venv/bin/python" tools/remote/worker.py --name ci-host2-worker --work-dir "$work/ci-host2" --poll-timeout 5 \
+  --server "$workers_url" --tls-ca "$pki/ca.crt" --tls-cert "$pki/workers/ci-host2.crt" \
+  --tls-key "$pki/workers/ci-host2.key" >"$work/ci-host2.log" 2>&1 &
+host2_pid=$!
+sleep 8
+"${tls_check[@]}" bots "$pg_port" ci-host2-worker --present || fail "tls: the issued worker certificate"
+kill "$host2_pid" 2>/dev/null || true
+wait "$host2_pid" 2>/dev/null || true
+# The developer and the worker machine whose certificates are revoked still hold copies, with their keys.
+cp "$pki/clients/to-revoke.crt" "$pki/clients/to-revoke.key" "$pki/workers/ci-host2.crt" "$pki/workers/ci-host2.key" \
+  "$work/"
 "${deployment[@]}" revoke to-revoke
+"${deployment[@]}" revoke ci-host2
 "${tls_check[@]}" connect "$server_url" --ca "$pki/ca.crt" --cert "$pki/clients/ci-client.crt" \
   --key "$pki/clients/ci-client.key" --accepted || fail "tls: the allowed client after the restart"
 "${tls_check[@]}" connect "$server_url" --ca "$pki/ca.crt" --refused || fail "tls: no client certificate"
@@ -286,6 +303,8 @@ start_bad_worker revoked --server "$workers_url" --tls-ca "$pki/ca.crt" \
   --tls-cert "$work/to-revoke.crt" --tls-key "$work/to-revoke.key"
 start_bad_worker developer --server "$workers_url" --tls-ca "$pki/ca.crt" \
   --tls-cert "$pki/clients/ci-client.crt" --tls-key "$pki/clients/ci-client.key"
+start_bad_worker revoked-worker --server "$workers_url" --tls-ca "$pki/ca.crt" \
+  --tls-cert "$work/ci-host2.crt" --tls-key "$work/ci-host2.key"
 start_bad_worker plain-grpc --server "grpc://$host:$((port + 1))"
 sleep 12
 names=()
@@ -379,6 +398,8 @@ fi
 
 section "loopback: the same deployment on 127.0.0.1 serves plain gRPC (the single-machine default)"
 "${deployment[@]}" stop
+"${tls_check[@]}" connect "$workers_url" --ca "$pki/ca.crt" --refused \
+  || fail "loopback: stop left the workers' endpoint up"
 "${deployment[@]}" start
 "${tls_check[@]}" connect "grpc://127.0.0.1:$port" --accepted || fail "loopback: plain gRPC"
 bazel_run loopback test --config=selfhosted "--remote_executor=grpc://127.0.0.1:$port" --disk_cache= \

@@ -57,7 +57,7 @@
 #   --tls-ca FILE --tls-cert FILE --tls-key FILE
 #                     a worker's TLS files, with --workers-only on another machine: the CA
 #                     certificate and a client certificate issued on the head node (`issue NAME`)
-#                     [PKI_DIR/ca.crt and PKI_DIR/clients/worker-$(hostname).{crt,key}]
+#                     [PKI_DIR/ca.crt and PKI_DIR/workers/worker-$(hostname).{crt,key}]
 #   --allow-action-network
 #                     in cluster mode (grpcs://), let actions that ask for it (dockerNetwork=standard)
 #                     share the worker's network; by default they are refused
@@ -153,7 +153,13 @@ while [[ $# -gt 0 ]]; do
     --allow-action-network) allow_action_network=1; shift ;;
     -h | --help) usage; exit 0 ;;
     install | start | stop | status | certs) command="$1"; shift ;;
-    issue | revoke) command="$1"; cert_name="${2:-}"; shift $(($# >= 2 ? 2 : 1)) ;;
+    issue | revoke)
+      command="$1"
+      shift
+      if [[ "$command" == issue && "${1:-}" == --worker ]]; then issue_worker=1; shift; fi
+      cert_name="${1:-}"
+      if [[ $# -gt 0 ]]; then shift; fi
+      ;;
     check-bazel-log) command="$1"; check_file="${2:?check-bazel-log needs a file}"; shift 2 ;;
     bazel) command="$1"; shift; bazel_args=("$@"); break ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -395,23 +401,27 @@ pki_head() { # everything a TLS head node needs, created where missing
   grep -qxF "$state_dir" "$pki_dir/servers" 2>/dev/null || echo "$state_dir" >>"$pki_dir/servers"
 }
 
-# BuildGrid reads the allow-lists at start: restart every running server of the deployments started with this
-# PKI dir (workers reconnect within seconds; the action cache lives in memory and starts empty).
-restart_servers() { # why
-  local dir restarted=0
+# BuildGrid reads the allow-lists at start: restart the server that reads the changed list (the clients' one for a
+# developer's certificate, the workers' one for a worker's) in every deployment started with this PKI dir. Workers
+# reconnect within seconds; restarting the workers' one empties the action cache, which lives in its memory.
+server_running() { # state-dir name: a live `bgd server start` of that deployment's config (not a reused PID)
+  local pid config="$1/buildgrid.yml"
+  [[ "$2" == bots-server ]] && config="$1/buildgrid-bots.yml"
+  [[ -f "$1/$2.pid" ]] || return 1
+  pid="$(cat "$1/$2.pid")"
+  [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "server start $config"
+}
+
+restart_servers() { # kind why: 0 if one was restarted
+  local dir restarted=0 name=server config=buildgrid.yml what="clients'"
+  [[ "$1" == workers ]] && { name=bots-server; config=buildgrid-bots.yml; what="workers'"; }
   [[ -f "$pki_dir/servers" ]] || return 1
   while read -r dir; do
-    [[ -n "$dir" ]] || continue
-    if pid_alive "$dir/bots-server.pid"; then
-      log "restarting $dir's BuildGrid (workers' endpoint) so that $1"
-      stop_pid "$dir/bots-server.pid" "BuildGrid (workers)"
-      launch_server "$dir" buildgrid-bots.yml bots-server
-      restarted=1
-    fi
-    if pid_alive "$dir/server.pid"; then
-      log "restarting $dir's BuildGrid (clients' endpoint) so that $1"
-      stop_pid "$dir/server.pid" "BuildGrid"
-      launch_server "$dir" buildgrid.yml server
+    [[ -n "$dir" && -f "$dir/$config" ]] && grep -qF "$pki_dir/allowed-" "$dir/$config" || continue
+    if server_running "$dir" "$name"; then
+      log "restarting $dir's BuildGrid ($what endpoint) so that $2"
+      stop_pid "$dir/$name.pid" "BuildGrid ($what endpoint)"
+      launch_server "$dir" "$config" "$name"
       restarted=1
     fi
   done <"$pki_dir/servers"
@@ -422,6 +432,8 @@ do_issue() {
   cert_name_ok "$cert_name" || bad_input "issue needs a NAME of letters, digits, '.', '_' or '-' (up to 64), not '$cert_name'"
   local kind=clients
   [[ $issue_worker -eq 1 ]] && kind=workers
+  [[ "$cert_name" != "$(local_worker_cert)" && "$cert_name" != "$(local_client_cert)" ]] \
+    || bad_input "'$cert_name' is the head node's own certificate's name: choose another"
   pki_ca
   local issued
   issued="$(issued_kind "$cert_name")"
@@ -431,7 +443,7 @@ do_issue() {
     log "'$cert_name' has a certificate already: $pki_dir/$kind/$cert_name.crt (revoke it first to issue a new one)"
   else
     log "issued '$cert_name' ($kind): $pki_dir/$kind/$cert_name.crt and its key $pki_dir/$kind/$cert_name.key (owner-only; give it to $cert_name only)"
-    restart_servers "it accepts '$cert_name'" \
+    restart_servers "$kind" "it accepts '$cert_name'" \
       || log "no deployment started with --pki-dir $pki_dir runs: its next start accepts '$cert_name'"
   fi
   local host=HEAD client_port=$port worker_port=$bots_port
@@ -458,7 +470,7 @@ do_revoke() {
   mv "$pki_dir/$kind/$cert_name.crt" "$pki_dir/revoked/$cert_name.crt"
   rm -f "$pki_dir/$kind/$cert_name.key"
   allow_lists
-  if restart_servers "it refuses '$cert_name'"; then
+  if restart_servers "$kind" "it refuses '$cert_name'"; then
     log "revoked '$cert_name' ($kind): the servers refuse its certificate at the handshake"
   else
     log "revoked '$cert_name' ($kind); no deployment started with --pki-dir $pki_dir runs here: its next start refuses it"
@@ -768,7 +780,11 @@ do_status() {
       config="$state_dir/buildgrid.yml"
       [[ $name == bots-server ]] && config="$state_dir/buildgrid-bots.yml"
       [[ -f "$config" ]] || continue
-      [[ $name == server ]] && grep -q 'insecure-mode: false' "$config" && tls_on=1
+      if [[ $name == server ]] && grep -q 'insecure-mode: false' "$config"; then
+        tls_on=1
+        # The deployment's own PKI dir, whatever --pki-dir this status got.
+        pki_dir="$(dirname "$(sed -n 's/^      tls-client-certs: //p' "$config" | head -n 1)")"
+      fi
       [[ $name == bots-server && $tls_on -eq 0 ]] && continue # a plain deployment is one process
       address="$(config_address "$config")"
       host="${address%:*}"
@@ -843,6 +859,7 @@ case "$command" in
     if [[ $workers_only -eq 0 ]]; then
       start_postgres
       start_server
+      exec 9>&- # the PKI lock (pki_head), not held while the image builds
     fi
     start_workers
     do_status >/dev/null || { do_status >&2 || true; die "the deployment did not come up, see $state_dir/logs"; }
