@@ -577,6 +577,16 @@ thread-pool-size: 40
 EOF
 }
 
+results_cache() { # what the workers' finished actions write (the scheduler's cache; with TLS, in the workers' process)
+  cat <<EOF
+  - !lru-action-cache &action-cache
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: false
+EOF
+}
+
 # What clients may not do: write results. Their action cache is a with-cache over an empty fallback with updates
 # refused (UpdateActionResult: UNIMPLEMENTED, and update_enabled false in the capabilities); a client cannot
 # plant a result (a fake trained model) under an action's key. --allow-client-cache-writes hands them the
@@ -610,12 +620,7 @@ server:
     insecure-mode: true
 $(common_config)
 caches:
-  # What the workers' finished actions write (the scheduler's cache).
-  - !lru-action-cache &action-cache
-    storage: *cas
-    max-cached-refs: 100000
-    allow-updates: true
-    cache-failed-actions: false
+$(results_cache)
 $(read_only_cache action-cache)
 $(scheduler_config action-cache)
 $(instance_config "$client_cache" execution operations bots)
@@ -632,12 +637,7 @@ server:
 $(tls_channel "$bots_port" "$pki_dir/allowed-workers.pem")
 $(common_config)
 caches:
-  # What the workers' finished actions write (the scheduler's cache); the clients' endpoint reads it.
-  - !lru-action-cache &action-cache
-    storage: *cas
-    max-cached-refs: 100000
-    allow-updates: true
-    cache-failed-actions: false
+$(results_cache)
 $(scheduler_config action-cache)
 $(instance_config action-cache bots)
 EOF
